@@ -1,0 +1,322 @@
+"""Experiment configuration: dataclass schemas -> OmegaConf structured configs.
+
+A run is described by one YAML file (which may name a ``base:`` YAML it extends, relative to
+itself) plus ``key.path=value`` overrides from the command line. Everything is validated against
+the schemas below before any work starts; every problem becomes one :class:`ConfigError` line that
+names the key, the file it came from and what was expected.
+
+    cfg = load_config("experiments/ablation/fit.yaml", ["trainer.max_steps=200"])
+    cfg.model.preset            # -> "fit_small"
+    save_config(cfg, run_dir)   # writes run_dir/config.yaml (the merged config)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    GrammarParseError,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+
+class ConfigError(ValueError):
+    """A bad experiment configuration; the message is one line meant for the user."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schemas
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone to build: a named preset from ``models/presets.py`` plus keyword overrides."""
+
+    preset: str = "fit_small"
+    overrides: Dict[str, Any] = field(default_factory=dict)  # constructor kwargs replacing the preset's
+    grad_checkpointing: bool = False  # recompute each block in backward (memory for time)
+    compile: bool = False  # torch.compile the backbone only (never the LightningModule)
+
+
+@dataclass
+class DiffusionConfig:
+    """The diffusion framework (paper §2). ``framework="snap"`` is Table 1's Snap Video column;
+    ``"edm"`` is EDM's own parameterisation (Table 3 row (i) uses it with sigma_in=1, sigma_data=0.5)."""
+
+    framework: str = "snap"
+    sigma_data: float = 1.0
+    sigma_in: float = 4.0  # s*sqrt(T): 4 for 16 frames at the 64-px reference width
+    image_sigma_in: Optional[float] = None  # Table 3 row (iv): a separate sigma_in for still images
+    p_mean: float = -1.2  # ln(sigma) ~ N(p_mean, p_std^2) during training
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from and how they are shaped. ``root`` is a folder of videos (or the
+    embedded moving-shapes set, generated on first use when it is the default and missing)."""
+
+    root: str = "data/shapes"
+    manifest: Optional[str] = None  # CSV/JSONL with path, caption[, fps, split]; relative to root
+    frames: int = 16
+    size: List[int] = field(default_factory=lambda: [36, 64])  # (H, W) after resize + centre crop
+    pad_to: List[int] = field(default_factory=lambda: [40, 64])  # (H, W) the backbone sees (paper §3.2)
+    fps_choices: List[float] = field(default_factory=lambda: [6.0, 8.0, 12.0, 24.0])  # training frame rates
+    val_fps: float = 8.0  # fixed validation frame rate (deterministic loader)
+    image_fraction: float = 0.1  # share of still images in each training batch
+    images_as_videos: bool = True  # paper §2.6: images are T-frame clips at "infinite" fps
+    batch_size: int = 8
+    val_batch_size: int = 8
+    num_workers: int = 2
+    limit_val_clips: int = 64  # validation clips used for the fixed-sigma validation loss
+    # the embedded moving-shapes set (generated when root is the default and missing)
+    n_train: int = 4000
+    n_val: int = 256
+    seed: int = 0
+
+
+@dataclass
+class TextConfig:
+    """Frozen open_clip text tower. ``encoder`` is an open_clip model name (its text tower) or
+    ``tiny`` (a small CPU-sized tower). Without ``checkpoint`` the tower is randomly initialised."""
+
+    encoder: str = "tiny"
+    checkpoint: Optional[str] = None
+    max_length: int = 32  # tokens kept from open_clip's 77-token context
+    cache_dir: str = ".cache/text_embeddings"
+    label_dropout: float = 0.1  # classifier-free guidance: share of captions replaced by the null caption
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule (paper Tab. 9). ``name`` is ``adam`` (U-Net) or ``lamb`` (FIT, timm)."""
+
+    name: str = "lamb"
+    lr: float = 5e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant (after warm-up)
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_halflife_videos: float = 2000.0  # EDM-style EMA half-life, counted in videos seen
+    ema_rampup_ratio: Optional[float] = 0.05  # EDM's ramp-up: half-life <= ratio * videos seen
+    self_cond_prob: float = 0.9  # FIT latent self-conditioning rate (paper Tab. 8)
+    max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings (anything Lightning scales with: devices, strategy, num_nodes)."""
+
+    max_steps: int = 1000
+    max_time: Optional[str] = None  # "DD:HH:MM:SS"; set it for the equal-wall-clock comparison
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU (bf16 is slow on CPU, design.md)
+    seed: int = 0
+    deterministic: bool = False
+    val_every_n_steps: int = 250
+    log_every_n_steps: int = 10
+    accumulate_grad_batches: int = 1
+
+
+@dataclass
+class LoggingConfig:
+    """Run directory layout (``root/experiment/version``) and what the callbacks write."""
+
+    root: str = "runs"
+    experiment: Optional[str] = None  # default: the YAML file's name
+    version: Optional[str] = None  # default: "version_0" (a rerun resumes it)
+    sample_every_n_steps: int = 250
+    sample_steps: int = 16
+    sample_cfg: float = 2.0
+    sample_prompts: List[str] = field(
+        default_factory=lambda: [
+            "a red circle moving right on a black background",
+            "a blue square moving up on a white background",
+            "a yellow triangle moving left on a gray background",
+            "a green circle moving down on a black background",
+        ]
+    )
+    sample_seed: int = 0
+    mfu_peak_tflops: Optional[float] = None  # hardware peak for MFU; unknown -> MFU not logged
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+BASE_KEY = "base"  # an experiment YAML may name the YAML it extends
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def _yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """[(file, mapping)] from the furthest base to ``path`` itself."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: '{BASE_KEY}:' chain loops back to itself")
+    data = _read_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return [(path, data)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: key '{BASE_KEY}' must be a path to another YAML file")
+    return _yaml_chain(path.parent / base, seen + (path,)) + [(path, data)]
+
+
+def _section_keys(schema: DictConfig, dotted: str) -> list[str]:
+    """Valid keys at the level where ``dotted`` failed, for the error message."""
+    node: Any = schema
+    for part in dotted.split(".")[:-1]:
+        if isinstance(node, DictConfig) and part in node:
+            node = node[part]
+        else:
+            break
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(err: OmegaConfBaseException, source: str, schema: DictConfig) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
+        valid = ", ".join(_section_keys(schema, key))
+        return ConfigError(f"{source}: unknown key '{key}'" + (f"; valid keys here: {valid}" if valid else ""))
+    if isinstance(err, ValidationError):
+        expected = getattr(err, "ref_type", None)
+        msg = str(err).splitlines()[0]
+        return ConfigError(f"{source}: bad value for '{key}': {msg}" + (f" (expected {expected})" if expected else ""))
+    return ConfigError(f"{source}: '{key}': {str(err).splitlines()[0]}")
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text or text.startswith("="):
+        raise ConfigError(f"command line: override '{text}' is not of the form key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Schema defaults <- base YAML(s) <- ``path`` <- ``key=value`` overrides, validated.
+
+    Raises :class:`ConfigError` (one line: the key, the file, what was expected)."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    cfg = schema.copy()
+    chain = _yaml_chain(Path(path)) if path is not None else []
+    for file, data in chain:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(data))
+        except OmegaConfBaseException as err:
+            raise _explain(err, str(file), schema) from None
+    for item in overrides:
+        key, value = _parse_override(item)
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as err:
+            err.full_key = getattr(err, "full_key", None) or key
+            raise _explain(err, "command line", schema) from None
+    source = str(chain[-1][0]) if chain else "defaults"
+    if path is not None and cfg.logging.experiment is None:
+        cfg.logging.experiment = Path(path).stem
+    validate(cfg, source)
+    return cfg
+
+
+def _check(ok: bool, source: str, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: bad value for '{key}': {value!r} (expected {expected})")
+
+
+def validate(cfg: DictConfig, source: str = "config") -> None:
+    """Value checks the type system cannot express. One ConfigError line for the first problem."""
+    d, t, o, dat, txt = cfg.diffusion, cfg.trainer, cfg.optim, cfg.data, cfg.text
+    _check(d.framework in ("snap", "edm"), source, "diffusion.framework", "'snap' or 'edm'", d.framework)
+    for key in ("sigma_data", "sigma_in", "sigma_min", "sigma_max", "rho", "p_std"):
+        _check(d[key] > 0 and math.isfinite(d[key]), source, f"diffusion.{key}", "a finite number > 0", d[key])
+    if d.image_sigma_in is not None:
+        _check(d.image_sigma_in > 0, source, "diffusion.image_sigma_in", "a number > 0 or null", d.image_sigma_in)
+    _check(d.sigma_min < d.sigma_max, source, "diffusion.sigma_min", f"< sigma_max ({d.sigma_max})", d.sigma_min)
+    _check(t.max_steps > 0, source, "trainer.max_steps", "an integer > 0", t.max_steps)
+    _check(t.val_every_n_steps > 0, source, "trainer.val_every_n_steps", "an integer > 0", t.val_every_n_steps)
+    _check(t.log_every_n_steps > 0, source, "trainer.log_every_n_steps", "an integer > 0", t.log_every_n_steps)
+    _check(t.num_nodes >= 1, source, "trainer.num_nodes", "an integer >= 1", t.num_nodes)
+    _check(
+        t.precision in ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true"),
+        source, "trainer.precision", "auto, 32-true, bf16-mixed, bf16-true, 16-mixed or 64-true", t.precision,
+    )
+    _check(o.name in ("adam", "adamw", "lamb"), source, "optim.name", "adam, adamw or lamb", o.name)
+    _check(o.lr > 0, source, "optim.lr", "a number > 0", o.lr)
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), source, "optim.betas", "two numbers in [0, 1)", list(o.betas))
+    _check(o.weight_decay >= 0, source, "optim.weight_decay", "a number >= 0", o.weight_decay)
+    _check(o.warmup_steps >= 0, source, "optim.warmup_steps", "an integer >= 0", o.warmup_steps)
+    _check(o.schedule in ("cosine", "constant"), source, "optim.schedule", "cosine or constant", o.schedule)
+    _check(o.grad_clip >= 0, source, "optim.grad_clip", "a number >= 0 (0 disables)", o.grad_clip)
+    _check(o.ema_halflife_videos > 0, source, "optim.ema_halflife_videos", "a number > 0", o.ema_halflife_videos)
+    _check(0 <= o.self_cond_prob <= 1, source, "optim.self_cond_prob", "a probability in [0, 1]", o.self_cond_prob)
+    _check(o.max_nonfinite_steps >= 1, source, "optim.max_nonfinite_steps", "an integer >= 1", o.max_nonfinite_steps)
+    _check(dat.frames >= 1, source, "data.frames", "an integer >= 1", dat.frames)
+    _check(len(dat.size) == 2 and min(dat.size) > 0, source, "data.size", "[H, W] with H, W > 0", list(dat.size))
+    _check(
+        len(dat.pad_to) == 2 and dat.pad_to[0] >= dat.size[0] and dat.pad_to[1] >= dat.size[1],
+        source, "data.pad_to", f"[H, W] at least data.size {list(dat.size)}", list(dat.pad_to),
+    )
+    _check(len(dat.fps_choices) > 0 and min(dat.fps_choices) > 0, source, "data.fps_choices", "a non-empty list of fps > 0", list(dat.fps_choices))
+    _check(0 <= dat.image_fraction <= 1, source, "data.image_fraction", "a fraction in [0, 1]", dat.image_fraction)
+    _check(dat.batch_size >= 1, source, "data.batch_size", "an integer >= 1", dat.batch_size)
+    _check(dat.num_workers >= 0, source, "data.num_workers", "an integer >= 0", dat.num_workers)
+    _check(0 <= txt.label_dropout <= 1, source, "text.label_dropout", "a probability in [0, 1]", txt.label_dropout)
+    _check(txt.max_length >= 1, source, "text.max_length", "an integer >= 1", txt.max_length)
+    _check(cfg.logging.sample_steps >= 1, source, "logging.sample_steps", "an integer >= 1", cfg.logging.sample_steps)
+
+
+def save_config(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:
+    """Write the merged config to ``run_dir/config.yaml`` (runs describe themselves)."""
+    out = Path(run_dir) / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out)
+    return out
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)

@@ -1,0 +1,161 @@
+"""Fréchet Video Distance following stylegan-v's ``fvd2048_16f`` protocol, with a user-supplied I3D file.
+
+Protocol (checked against universome/stylegan-v ``src/metrics/frechet_video_distance.py`` and
+``metric_utils.py``):
+
+* detector: the TorchScript I3D ``i3d_torchscript.pt`` (Kinetics-400, a port of the tf.hub model of the original
+  FVD code), loaded with ``torch.jit.load`` from a path the user gives; nothing here downloads it;
+* input: ``(B, 3, T, H, W)`` **uint8** videos, converted from [-1, 1] as ``(x * 127.5 + 128).clamp(0, 255)``;
+* call: ``detector(videos, rescale=True, resize=True, return_features=True)``: the detector itself rescales to
+  [-1, 1] and resizes every frame to 224x224, and returns the 400-d pre-softmax logits as features;
+* 16 consecutive frames per video (the first 16 here), 2048 real and 2048 generated videos;
+* Gaussian statistics with the covariance divided by N, then the Fréchet distance (:mod:`.frechet`).
+
+The metric is named after its protocol, ``fvd{num_videos}_{frames}f``: a run on fewer videos is named for the
+number it used, so a 256-video FVD is never reported as ``fvd2048_16f``. Real statistics are cached on disk,
+keyed by the data's identity (given by the caller), the protocol and the detector file's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import torch
+
+from .frechet import GaussianStats, feature_stats, frechet_distance_from_stats
+
+# stylegan-v's detector_kwargs for FVD (frechet_video_distance.compute_fvd)
+I3D_KWARGS = dict(rescale=True, resize=True, return_features=True)
+
+VideoSource = Union[torch.Tensor, Iterable]  # (N,3,T,H,W) tensor, or batches of them / dicts with a "video" key
+
+
+def load_torchscript(path: str | os.PathLike, what: str, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """``torch.jit.load`` with errors that name the file and what was expected (``what``, e.g. "the I3D detector")."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} file not found (expected a TorchScript module saved with torch.jit.save)")
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated, but the published detectors are TorchScript files
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location=device)
+    except Exception as err:  # torch raises RuntimeError/ValueError/pickle errors depending on the file
+        raise ValueError(f"{path}: not a TorchScript module ({what}; expected a file saved with torch.jit.save): "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    return module.eval()
+
+
+def file_hash(path: str | os.PathLike, length: int = 16) -> str:
+    """First ``length`` hex digits of the file's SHA-256 (identifies a detector in cache keys)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def to_uint8(videos: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> uint8 in [0, 255], rounding as stylegan-v does (``x * 127.5 + 128``, truncated)."""
+    return (videos * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def iter_video_batches(source: VideoSource, batch_size: int) -> Iterable[torch.Tensor]:
+    """Yield ``(b, 3, T, H, W)`` tensors from a tensor, an iterable of tensors, or dict batches (``batch["video"]``)."""
+    if isinstance(source, torch.Tensor):
+        yield from source.split(batch_size)
+        return
+    for batch in source:
+        yield batch["video"] if isinstance(batch, dict) else batch
+
+
+class FVD:
+    """FVD with stylegan-v's protocol and a user-supplied TorchScript I3D.
+
+        fvd = FVD("i3d_torchscript.pt", cache_dir=".cache/fvd")              # fvd2048_16f
+        real = fvd.real_stats(val_loader, key="shapes-val-36x64")           # cached after the first call
+        fvd.score([fake_seed0, fake_seed1], real)   # {"fvd2048_16f": mean, "fvd2048_16f_std": std, ...}
+
+    Videos are ``(N, 3, T, H, W)`` floats in [-1, 1] with ``T >= frames``; the first ``frames`` frames are used.
+    ``num_videos`` real and ``num_videos`` generated videos are used (more are ignored, fewer is an error: pass a
+    smaller ``num_videos`` so the metric's name says what was measured).
+    """
+
+    def __init__(self, detector_path: str | os.PathLike, cache_dir: str | os.PathLike = ".cache/fvd",
+                 num_videos: int = 2048, frames: int = 16, batch_size: int = 8, device: str | torch.device = "cpu"):
+        self.detector_path = Path(detector_path)
+        self.detector = load_torchscript(detector_path, "the I3D detector (stylegan-v's i3d_torchscript.pt)", device)
+        self.detector_hash = file_hash(detector_path)
+        self.cache_dir = Path(cache_dir)
+        self.num_videos, self.frames, self.batch_size, self.device = num_videos, frames, batch_size, device
+        self.name = f"fvd{num_videos}_{frames}f"
+
+    @torch.no_grad()
+    def features(self, videos: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, T, H, W)`` in [-1, 1] -> ``(B, D)`` float64 detector features (D = 400 for the I3D)."""
+        if videos.ndim != 5 or videos.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected videos of shape (B, 3, T, H, W), got {tuple(videos.shape)}")
+        if videos.shape[2] < self.frames:
+            raise ValueError(f"{self.name}: needs at least {self.frames} frames per video, got {videos.shape[2]}")
+        clips = to_uint8(videos[:, :, : self.frames]).to(self.device)
+        try:
+            feats = self.detector(clips, **I3D_KWARGS)
+        except Exception as err:
+            raise RuntimeError(f"{self.detector_path}: the detector failed on a uint8 batch {tuple(clips.shape)} called "
+                               f"with {I3D_KWARGS} (stylegan-v's I3D signature): {err}") from None
+        if feats.ndim != 2 or feats.shape[0] != clips.shape[0]:
+            raise RuntimeError(f"{self.detector_path}: expected features of shape ({clips.shape[0]}, D), "
+                               f"got {tuple(feats.shape)}")
+        return feats.double().cpu()
+
+    def stats(self, source: VideoSource) -> GaussianStats:
+        """Gaussian statistics of the first ``num_videos`` videos of ``source`` (tensor, batches or dict batches)."""
+        chunks, count = [], 0
+        for batch in iter_video_batches(source, self.batch_size):
+            batch = batch[: self.num_videos - count]
+            chunks.append(self.features(batch))
+            count += batch.shape[0]
+            if count >= self.num_videos:
+                break
+        if count < self.num_videos:
+            raise ValueError(f"{self.name}: needs {self.num_videos} videos, got only {count}; "
+                             f"pass num_videos={count} (the metric is then named fvd{count}_{self.frames}f)")
+        return feature_stats(torch.cat(chunks))
+
+    def cache_path(self, key: str) -> Path:
+        safe_key = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+        return self.cache_dir / f"{self.name}-{safe_key}-i3d{self.detector_hash}.pt"
+
+    def real_stats(self, source: VideoSource, key: str) -> GaussianStats:
+        """Real-data statistics, read from the cache when ``key`` (the data's identity: root, split, size...),
+        the protocol and the detector file all match a previous call; computed and cached otherwise."""
+        path = self.cache_path(key)
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu")
+            return GaussianStats(saved["mu"], saved["sigma"], saved["num"])
+        stats = self.stats(source)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        torch.save({"mu": stats.mu, "sigma": stats.sigma, "num": stats.num, "key": key, "protocol": self.name,
+                    "detector": str(self.detector_path), "detector_sha256": self.detector_hash}, tmp)
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        return stats
+
+    def score(self, fake_sets: Sequence[VideoSource], real: GaussianStats) -> dict:
+        """FVD of each generated set (one per sampling seed) against ``real``: mean, sample std and the values."""
+        values = [frechet_distance_from_stats(self.stats(fake), real) for fake in fake_sets]
+        return summarise(self.name, values)
+
+
+def summarise(name: str, values: Sequence[float]) -> dict:
+    """``{name: mean, name_std: std (ddof=1; 0.0 for a single seed), name_per_seed: values, name_num_seeds: n}``."""
+    if len(values) == 0:
+        raise ValueError(f"{name}: no generated sets to score")
+    t = torch.tensor(values, dtype=torch.float64)
+    std = float(t.std()) if len(values) > 1 else 0.0
+    return {name: float(t.mean()), f"{name}_std": std, f"{name}_per_seed": list(map(float, values)),
+            f"{name}_num_seeds": len(values)}

@@ -12,8 +12,10 @@ names the key, the file it came from and what was expected.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -214,14 +216,26 @@ def _section_keys(schema: DictConfig, dotted: str) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
+def _expected_type(dotted: str) -> str:
+    """The schema's declared type of ``dotted`` ("int", "List[int]", ...), or "" when it is not a schema field."""
+    hints: dict = typing.get_type_hints(ExperimentConfig)
+    kind: Any = None
+    for part in dotted.split("."):
+        if part not in hints:
+            return ""
+        kind = hints[part]
+        hints = typing.get_type_hints(kind) if dataclasses.is_dataclass(kind) else {}
+    return getattr(kind, "__name__", None) if isinstance(kind, type) else str(kind).replace("typing.", "")
+
+
 def _explain(err: OmegaConfBaseException, source: str, schema: DictConfig) -> ConfigError:
     key = getattr(err, "full_key", None) or "?"
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
         valid = ", ".join(_section_keys(schema, key))
         return ConfigError(f"{source}: unknown key '{key}'" + (f"; valid keys here: {valid}" if valid else ""))
     if isinstance(err, ValidationError):
-        expected = getattr(err, "ref_type", None)
         msg = str(err).splitlines()[0]
+        expected = _expected_type(key)
         return ConfigError(f"{source}: bad value for '{key}': {msg}" + (f" (expected {expected})" if expected else ""))
     return ConfigError(f"{source}: '{key}': {str(err).splitlines()[0]}")
 

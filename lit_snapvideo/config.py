@@ -104,11 +104,13 @@ class TextConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and schedule (paper Tab. 9). ``name`` is ``adam`` (U-Net) or ``lamb`` (FIT, timm)."""
+    """Optimiser and schedule (paper Tab. 9). ``name: auto`` (and ``lr``/``betas`` left null) takes the paper's
+    choice for the backbone: Adam, lr 1e-4, betas (0.9, 0.999) for the U-Net; timm's LAMB, lr 5e-3, betas
+    (0.9, 0.99) for FIT. ``adam``, ``adamw`` or ``lamb`` force one."""
 
-    name: str = "lamb"
-    lr: float = 5e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    name: str = "auto"
+    lr: Optional[float] = None
+    betas: Optional[List[float]] = None
     eps: float = 1e-8
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -158,6 +160,8 @@ class LoggingConfig:
         ]
     )
     sample_seed: int = 0
+    sample_fps: Optional[float] = None  # frame-rate conditioning of samples; null: data.val_fps
+    sample_orig_size: List[int] = field(default_factory=lambda: [108, 192])  # "original resolution" token (H, W)
     mfu_peak_tflops: Optional[float] = None  # hardware peak for MFU; unknown -> MFU not logged
 
 
@@ -299,9 +303,10 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
         t.precision in ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true"),
         source, "trainer.precision", "auto, 32-true, bf16-mixed, bf16-true, 16-mixed or 64-true", t.precision,
     )
-    _check(o.name in ("adam", "adamw", "lamb"), source, "optim.name", "adam, adamw or lamb", o.name)
-    _check(o.lr > 0, source, "optim.lr", "a number > 0", o.lr)
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), source, "optim.betas", "two numbers in [0, 1)", list(o.betas))
+    _check(o.name in ("auto", "adam", "adamw", "lamb"), source, "optim.name", "auto, adam, adamw or lamb", o.name)
+    _check(o.lr is None or o.lr > 0, source, "optim.lr", "a number > 0 (or null: the paper's)", o.lr)
+    _check(o.betas is None or (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)), source, "optim.betas",
+           "two numbers in [0, 1) (or null: the paper's)", None if o.betas is None else list(o.betas))
     _check(o.weight_decay >= 0, source, "optim.weight_decay", "a number >= 0", o.weight_decay)
     _check(o.warmup_steps >= 0, source, "optim.warmup_steps", "an integer >= 0", o.warmup_steps)
     _check(o.schedule in ("cosine", "constant"), source, "optim.schedule", "cosine or constant", o.schedule)

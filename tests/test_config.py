@@ -46,7 +46,7 @@ BAD = [
     ("trainer: {max_steps: -5}", [], r"'trainer\.max_steps': -5 \(expected an integer > 0\)"),
     ("diffusion: {sigma_in: 0}", [], r"'diffusion\.sigma_in': 0\.0 \(expected a finite number > 0\)"),
     ("diffusion: {sigma_in: -1.5}", [], r"'diffusion\.sigma_in'"),
-    ("optim: {name: sgd}", [], r"'optim\.name': 'sgd' \(expected adam, adamw or lamb\)"),
+    ("optim: {name: sgd}", [], r"'optim\.name': 'sgd' \(expected auto, adam, adamw or lamb\)"),
     ("data: {size: [36, 64], pad_to: [32, 64]}", [], r"'data\.pad_to'"),
     ("moddel: {preset: x}", [], r"unknown key 'moddel'.*valid keys here: data, diffusion"),
     ("", ["trainer.max_steps=0"], r"command line.*'trainer\.max_steps'|'trainer\.max_steps': 0"),

@@ -40,9 +40,69 @@ def _run_config(args: argparse.Namespace) -> None:
     print(to_yaml(load_config(args.config, args.overrides)), end="")
 
 
+# ---- data -------------------------------------------------------------------------------------
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from .config import DataConfig
+
+    d = DataConfig()
+    p = sub.add_parser("data", help="make the embedded moving-shapes set, or check a data folder",
+                       description="Data set tools (formats: data/README.md).")
+    tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    shapes = tools.add_parser("shapes", help="generate the captioned moving-shapes set (mp4 + png + manifest.csv)")
+    shapes.add_argument("--out", default=d.root, help=f"output folder (default {d.root})")
+    shapes.add_argument("--n-train", type=int, default=d.n_train, help=f"training clips (default {d.n_train})")
+    shapes.add_argument("--n-val", type=int, default=d.n_val, help=f"validation clips (default {d.n_val})")
+    shapes.add_argument("--seed", type=int, default=d.seed, help="same seed, same attributes and captions")
+    shapes.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
+    shapes.set_defaults(run=_run_data_shapes)
+    check = tools.add_parser("check", help="load every file of a data set once; list the ones training would skip")
+    check.add_argument("root", help="a folder of videos/images or a manifest (.csv/.jsonl)")
+    check.add_argument("--manifest", default=None, help="manifest inside root (default: root/manifest.{csv,jsonl} if present)")
+    check.set_defaults(run=_run_data_check)
+
+
+def _run_data_shapes(args: argparse.Namespace) -> None:
+    import time
+
+    from .data.datasets import generate_shapes
+
+    if args.n_train < 1 or args.n_val < 0:
+        raise UserError(f"--n-train must be >= 1 and --n-val >= 0 (got {args.n_train}, {args.n_val})")
+    started = time.perf_counter()
+    manifest = generate_shapes(args.out, args.n_train, args.n_val, seed=args.seed, workers=args.workers)
+    seconds = time.perf_counter() - started
+    n = args.n_train + args.n_val
+    print(f"wrote {n} clips in {seconds:.1f} s ({n / seconds:.1f} clips/s) -> {manifest}")
+
+
+def _run_data_check(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .config import DataConfig
+    from .data.datasets import ClipDataset, DataError, SkipLog, load_records
+    from .data.video import BadFileError
+
+    d = DataConfig()
+    try:
+        train, val = load_records(args.root, args.manifest)
+    except DataError as err:
+        raise UserError(str(err)) from None
+    with tempfile.TemporaryDirectory() as folder:
+        skips = SkipLog(folder)
+        dataset = ClipDataset(train + val, d.frames, d.size, d.pad_to, d.fps_choices, False, skips)
+        for index in range(len(dataset)):
+            try:
+                dataset.load(index)
+            except BadFileError as err:
+                skips.add(err)  # one warning line each on stderr
+        print(f"{len(train)} train + {len(val)} val records; {skips.count()} file(s) would be skipped")
+
+
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

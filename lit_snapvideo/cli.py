@@ -100,9 +100,49 @@ def _run_data_check(args: argparse.Namespace) -> None:
         print(f"{len(train)} train + {len(val)} val records; {skips.count()} file(s) would be skipped")
 
 
+# ---- fit --------------------------------------------------------------------------------------
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="train a backbone (FIT or U-Net) under Snap-EDM",
+        description="Train the experiment's backbone. The run lives in runs/<experiment>/<version>/ (merged config, "
+        "TensorBoard events, checkpoints/{last,best}.ckpt, samples/*.gif, summary.json). Rerunning the same "
+        "experiment resumes from last.ckpt; --new-version starts a fresh run beside it.",
+    )
+    p.add_argument("config", help="experiment YAML, e.g. experiments/ablation/fit.yaml")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. trainer.max_steps=200 data.root=/videos")
+    p.add_argument("--resume", action="store_true", help="resume from last.ckpt (the default when it exists; "
+                   "kept for explicitness: errors out when there is nothing to resume)")
+    p.add_argument("--new-version", action="store_true", help="start a fresh run in the next free version folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(run=_run_fit)
+
+
+def _run_fit(args: argparse.Namespace) -> None:
+    import json
+    import logging
+
+    from .config import load_config
+    from .train import fit, run_dir_of
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.overrides)
+    last = run_dir_of(cfg) / "checkpoints" / "last.ckpt"
+    if args.resume and (args.new_version or not last.exists()):
+        raise UserError(f"--resume: no checkpoint at {last}" if not args.new_version
+                        else "--resume and --new-version exclude each other")
+    run_dir = fit(cfg, resume=not args.new_version, new_version=args.new_version,
+                  enable_progress_bar=not args.no_progress)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, final val loss "
+          f"{summary['final_val_loss']}, run directory {run_dir}")
+
+
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,156 @@
+"""Training callbacks: sample GIFs in TensorBoard, throughput / MFU / peak memory, skipped-file counts.
+
+Sample videos go into TensorBoard as animated GIFs inside an *image* summary (TensorBoard's image panel plays them):
+``SummaryWriter.add_video`` needs moviepy and breaks with moviepy 2 (design.md).
+"""
+
+from __future__ import annotations
+
+import io
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+# ---- GIFs -----------------------------------------------------------------------------------------
+
+
+def video_grid_frames(videos: Tensor, columns: Optional[int] = None, scale: int = 2, border: int = 2) -> list[Image.Image]:
+    """(B, 3, T, H, W) in [-1, 1] -> T PIL frames of a grid of the B videos (upscaled ``scale``x, nearest)."""
+    b, _, t, h, w = videos.shape
+    columns = columns or min(b, 4)
+    rows = (b + columns - 1) // columns
+    v = ((videos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    canvas = torch.full((t, 3, rows * (h + border) + border, columns * (w + border) + border), 255, dtype=torch.uint8)
+    for i in range(b):
+        r, c = divmod(i, columns)
+        y, x = border + r * (h + border), border + c * (w + border)
+        canvas[:, :, y : y + h, x : x + w] = v[i].permute(1, 0, 2, 3)
+    frames = canvas.permute(0, 2, 3, 1).numpy()
+    out = []
+    for f in frames:
+        img = Image.fromarray(np.ascontiguousarray(f))
+        out.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img)
+    return out
+
+
+def gif_bytes(frames: list[Image.Image], fps: float = 8.0) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def add_gif_summary(writer: Any, tag: str, data: bytes, size: tuple[int, int], step: int) -> None:
+    """Write encoded GIF bytes as a TensorBoard image summary (what torch's add_video does, minus moviepy)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    width, height = size
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=data)
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+class SampleVideos(L.Callback):
+    """Every ``every_n_steps`` (and at the end of training) sample the fixed prompts with fixed seeds from the EMA
+    weights, write ``samples/step_XXXXXX.gif`` in the run directory and a GIF image summary ``samples/grid``."""
+
+    def __init__(self, every_n_steps: int, prompts: list[str], steps: int, cfg_scale: float, seed: int,
+                 out_dir: str | Path) -> None:
+        self.every = every_n_steps
+        self.prompts, self.steps, self.cfg_scale, self.seed = list(prompts), steps, cfg_scale, seed
+        self.out_dir = Path(out_dir)
+        self.last_step = -1
+        self.infer_ms_per_video_per_eval: list[float] = []
+
+    def _sample(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.global_step == self.last_step or not self.prompts or not trainer.is_global_zero:
+            return
+        self.last_step = trainer.global_step
+        from .data.video import crop_padding
+
+        start = time.perf_counter()
+        videos = module.generate(self.prompts, steps=self.steps, cfg_scale=self.cfg_scale, seed=self.seed)
+        evals = 2 * self.steps - 1
+        self.infer_ms_per_video_per_eval.append(1000 * (time.perf_counter() - start) / (len(self.prompts) * 2 * evals))
+        videos = crop_padding(videos, tuple(module.cfg.data.size))
+        frames = video_grid_frames(videos)
+        data = gif_bytes(frames)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"step_{trainer.global_step:06d}.gif").write_bytes(data)
+        (self.out_dir / "prompts.txt").write_text("\n".join(self.prompts) + "\n")
+        for logger in trainer.loggers:
+            if hasattr(logger.experiment, "file_writer"):
+                add_gif_summary(logger.experiment, "samples/grid", data, frames[0].size, trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every > 0 and trainer.global_step % self.every == 0 and trainer.global_step > 0:
+            self._sample(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        self._sample(trainer, module)
+
+
+# ---- throughput -----------------------------------------------------------------------------------
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak accelerator memory (CUDA) or the process's peak resident memory (CPU), in GiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+class Throughput(L.Callback):
+    """Logs videos/s, ms/video, peak memory and, when the hardware peak is known, MFU of each training step.
+
+    ``train_flops_per_video``: FLOPs of one training step per video (forward + backward ~ 3x forward, plus FIT's
+    no-grad self-conditioning forward); MFU = achieved FLOP/s / ``peak_tflops``."""
+
+    def __init__(self, train_flops_per_video: Optional[float] = None, peak_tflops: Optional[float] = None,
+                 skip_first: int = 3) -> None:
+        self.flops = train_flops_per_video
+        self.peak = peak_tflops
+        self.skip_first = skip_first
+        self.ms_per_video: list[float] = []
+        self._t0 = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        seconds = time.perf_counter() - self._t0
+        videos = batch["video"].shape[0]
+        ms = 1000 * seconds / videos
+        if batch_idx >= self.skip_first:
+            self.ms_per_video.append(ms)
+        metrics = {"perf/videos_per_s": videos / seconds * trainer.world_size, "perf/ms_per_video": ms,
+                   "perf/peak_memory_gib": peak_memory_gib(module.device)}
+        if self.flops:
+            achieved = self.flops * videos / seconds
+            metrics["perf/tflops"] = achieved / 1e12
+            if self.peak:
+                metrics["perf/mfu"] = achieved / (self.peak * 1e12)
+        module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def median_ms_per_video(self) -> Optional[float]:
+        return statistics.median(self.ms_per_video) if self.ms_per_video else None
+
+
+class SkippedFiles(L.Callback):
+    """Puts the data module's count of skipped (unreadable) files in the logs and the progress bar."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "skipped_files") and trainer.global_step % trainer.log_every_n_steps == 0:
+            module.log("data/skipped_files", float(dm.skipped_files()), prog_bar=True, on_step=True, on_epoch=False)

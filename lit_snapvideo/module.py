@@ -1,0 +1,352 @@
+"""EDMVideoModule: one LightningModule trains either backbone under Snap-EDM (design.md "Data flow").
+
+    batch -> text encoder (frozen, cached) -> label dropout -> sigma ~ log-normal, eps ~ N(0, I)
+          -> x_sigma = x / sigma_in + sigma eps -> edm (c_in, c_noise) -> backbone -> F -> w (F - c_nrm v)^2
+
+The two faces differ only where the paper makes them differ:
+- :class:`UNetModule`: Adam, lr 1e-4, betas (0.9, 0.999), weight decay 0.01 (paper Tab. 9); no latent state.
+- :class:`FITModule`: timm's LAMB, lr 5e-3, betas (0.9, 0.99), weight decay 0.01, and latent self-conditioning
+  (p = 0.9): a first forward pass without gradient gives latents, zeroed for 10% of the batch, that the trained
+  second pass receives (pix2seq's ``self_cond_by_masking``).
+``module_for(cfg)`` picks the face from the backbone preset; ``optim.*`` in the config overrides either default.
+
+Determinism: every random draw of a training step (sigma, eps, label dropout, self-conditioning mask, dropout) comes
+from generators seeded by (seed, global step, rank), so a resumed run repeats an uninterrupted one exactly.
+EMA: EDM-style, half-life counted in videos (``optim.ema_halflife_videos``) with EDM's ramp-up; the EMA backbone is
+a submodule, so checkpoints carry it, and sampling and validation use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from .edm import SnapEDM
+from .models.presets import build_backbone, preset_kwargs
+from .models.text import NULL_CAPTION, TextEncoder
+from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
+
+# The paper's optimiser per backbone (Tab. 9); ``optim.name/lr/betas`` set to a value override these.
+PAPER_OPTIM = {
+    "unet": {"name": "adam", "lr": 1e-4, "betas": (0.9, 0.999)},
+    "fit": {"name": "lamb", "lr": 5e-3, "betas": (0.9, 0.99)},
+}
+# fixed grid for the validation loss: comparable across runs and architectures (same sigmas, same noise)
+VAL_SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``optim.max_nonfinite_steps`` consecutive non-finite losses."""
+
+
+def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator whose state is a pure function of ``keys`` (e.g. seed, step, rank)."""
+    value = 0
+    for k in keys:
+        value = (value * 1_000_003 + int(k)) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(value)
+
+
+class EDMVideoModule(L.LightningModule):
+    """Trains ``backbone(x, c_noise, cond, self_cond) -> (F, state)`` with the Snap-EDM loss.
+
+    Args:
+        cfg: the experiment config (``config.ExperimentConfig``), stored in the checkpoint's hyperparameters.
+        backbone: an already-built backbone (tests, benchmarks); default builds ``cfg.model.preset``.
+        text_encoder: an already-built text encoder; default builds ``cfg.text``.
+    """
+
+    kind = "unet"  # which paper optimiser applies (overridden by the faces)
+    uses_self_conditioning = False
+
+    def __init__(self, cfg: DictConfig | dict, backbone: Optional[nn.Module] = None,
+                 text_encoder: Optional[TextEncoder] = None) -> None:
+        super().__init__()
+        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
+        self.cfg = cfg
+        self.edm = SnapEDM.from_config(cfg.diffusion)
+        self.text_encoder = text_encoder or TextEncoder(
+            cfg.text.encoder, checkpoint=cfg.text.checkpoint, max_length=cfg.text.max_length,
+            cache_dir=cfg.text.cache_dir)
+        self.text_encoder.requires_grad_(False)
+        self.backbone = backbone or build_backbone(
+            cfg.model.preset, text_dim=self.text_encoder.dim,
+            overrides=OmegaConf.to_container(cfg.model.overrides, resolve=True),
+            grad_checkpointing=cfg.model.grad_checkpointing)
+        self.ema_backbone = copy.deepcopy(self.backbone).requires_grad_(False).eval()
+        self.register_buffer("videos_seen", torch.zeros((), dtype=torch.float64))
+        self.nonfinite_streak = 0
+        self.nonfinite_total = 0
+        self.strict_loading = False  # the frozen text tower is rebuilt, not stored (see on_save_checkpoint)
+        # torch.compile wraps the backbone only, kept outside the module tree so state_dict keys stay clean
+        self.__dict__["_train_forward"] = torch.compile(self.backbone) if cfg.model.compile else self.backbone
+
+    # ---- conditioning ---------------------------------------------------------------------
+
+    def encode_text(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        emb, mask = self.text_encoder.encode(list(captions))
+        return emb.to(self.device), mask.to(self.device)
+
+    def make_cond(self, batch: dict, drop_generator: Optional[torch.Generator] = None) -> dict:
+        """Backbone conditioning from a batch; with ``drop_generator``, label dropout replaces captions by the null
+        caption with probability ``text.label_dropout`` (classifier-free guidance training)."""
+        captions = list(batch["caption"])
+        if drop_generator is not None and self.cfg.text.label_dropout > 0:
+            drop = torch.rand(len(captions), generator=drop_generator) < self.cfg.text.label_dropout
+            captions = [NULL_CAPTION if d else c for c, d in zip(captions, drop.tolist())]
+        text, mask = self.encode_text(captions)
+        return {"text": text, "text_mask": mask,
+                "fps": batch["fps"].to(self.device, torch.float32),
+                "orig_size": batch["orig_size"].to(self.device, torch.float32)}
+
+    def sigma_in_for(self, batch: dict) -> Tensor | float:
+        """Per-sample sigma_in: Table 3 row (iv) gives still images their own ``diffusion.image_sigma_in``."""
+        d = self.cfg.diffusion
+        if d.image_sigma_in is None:
+            return d.sigma_in
+        is_image = batch["is_image"].to(self.device)
+        return torch.where(is_image, torch.tensor(d.image_sigma_in), torch.tensor(d.sigma_in)).to(self.device)
+
+    # ---- the loss ---------------------------------------------------------------------------
+
+    def _net(self, backbone: Callable, cond: dict, self_cond: Optional[Tensor]) -> Callable:
+        return lambda x_in, c_noise: backbone(x_in, c_noise, cond, self_cond=self_cond)
+
+    def diffusion_loss(self, batch: dict, generator: torch.Generator, backbone: Optional[Callable] = None,
+                       sigma: Optional[Tensor] = None, train: bool = True,
+                       self_cond_prob: Optional[float] = None) -> tuple[Tensor, dict]:
+        """Per-sample loss (B,) (mean over elements of w (F - target)^2) and info (sigma, x_hat inputs).
+
+        Draws sigma (unless given), eps, label dropout (``train``) and the self-conditioning mask from ``generator``.
+        """
+        backbone = backbone or self._train_forward
+        video = batch["video"].to(self.device, torch.float32)
+        b = video.shape[0]
+        cond = self.make_cond(batch, drop_generator=generator if train else None)
+        if sigma is None:
+            sigma = self.edm.sample_sigma(b, generator=generator).to(self.device)
+        eps = torch.randn(video.shape, generator=generator, dtype=torch.float32).to(self.device)
+        sigma_in = self.sigma_in_for(batch)
+        p = self.cfg.optim.self_cond_prob if self_cond_prob is None else self_cond_prob
+        self_cond = None
+        if self.uses_self_conditioning and p > 0:
+            keep = (torch.rand(b, generator=generator) < p).to(self.device)
+            with torch.no_grad():  # first pass: latents only, no gradient (pix2seq / RIN)
+                x_sigma = self.edm.noise(video, sigma, eps, sigma_in)
+                _, state = self.edm.network_output(self._net(backbone, cond, None), x_sigma, sigma, sigma_in)
+            if state is not None:
+                self_cond = state.detach() * keep.view(-1, *([1] * (state.ndim - 1))).to(state.dtype)
+        loss, info = self.edm.loss(self._net(backbone, cond, self_cond), video, sigma=sigma, eps=eps,
+                                   sigma_in=sigma_in)
+        return loss.flatten(1).mean(1), info
+
+    def _step_generator(self) -> torch.Generator:
+        return seeded_generator(self.cfg.trainer.seed, self.global_step, self.global_rank)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # dropout inside the backbone draws from the global RNG: make it a function of the step too
+        torch.manual_seed(int(seeded_generator(self.cfg.trainer.seed, self.global_step, self.global_rank, 7).initial_seed()))
+
+    def training_step(self, batch: dict, batch_idx: int) -> Optional[Tensor]:
+        per_sample, info = self.diffusion_loss(batch, self._step_generator())
+        loss = per_sample.mean()
+        if not torch.isfinite(loss):
+            return self._skip_nonfinite(loss)
+        self.nonfinite_streak = 0
+        b = per_sample.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self._log_sigma_buckets(per_sample.detach(), info["sigma"].detach(), b)
+        return loss
+
+    def _skip_nonfinite(self, loss: Tensor) -> None:
+        """Skip the step (Lightning skips backward and step when training_step returns None) and count it."""
+        self.nonfinite_streak += 1
+        self.nonfinite_total += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_total))
+        limit = self.cfg.optim.max_nonfinite_steps
+        if self.nonfinite_streak >= limit:
+            raise NonFiniteLossError(
+                f"loss was {loss.item()} for {limit} steps in a row (step {self.global_step}); try a lower optim.lr, "
+                f"a longer optim.warmup_steps, optim.grad_clip=1.0, trainer.precision=32-true, or check the data")
+        return None
+
+    def _log_sigma_buckets(self, per_sample: Tensor, sigma: Tensor, batch_size: int) -> None:
+        """Loss per quartile of the training sigma distribution (ln sigma quartiles of N(P_mean, P_std^2))."""
+        z = (torch.log(sigma.float()) - self.edm.p_mean) / self.edm.p_std
+        bucket = torch.bucketize(z, torch.tensor([-0.6745, 0.0, 0.6745], device=z.device))
+        for q in range(4):
+            chosen = per_sample[bucket == q]
+            if chosen.numel():
+                self.log(f"train/loss_sigma_q{q + 1}", chosen.mean(), batch_size=int(chosen.numel()))
+
+    # ---- EMA ----------------------------------------------------------------------------------
+
+    def ema_beta(self, batch_videos: float) -> float:
+        """EDM: beta = 0.5^(batch / halflife), halflife capped at ramp-up ratio * videos seen."""
+        halflife = self.cfg.optim.ema_halflife_videos
+        ratio = self.cfg.optim.ema_rampup_ratio
+        if ratio is not None:
+            halflife = min(halflife, float(self.videos_seen) * ratio)
+        return 0.5 ** (batch_videos / max(halflife, 1e-8))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if outputs is None:  # skipped step
+            return
+        batch_videos = batch["video"].shape[0] * self.trainer.world_size
+        self.videos_seen += batch_videos
+        beta = self.ema_beta(batch_videos)
+        with torch.no_grad():
+            for ema, live in zip(self.ema_backbone.parameters(), self.backbone.parameters()):
+                ema.lerp_(live.detach().to(ema.dtype), 1 - beta)
+            for ema, live in zip(self.ema_backbone.buffers(), self.backbone.buffers()):
+                ema.copy_(live)
+
+    # ---- validation: fixed sigma grid, fixed noise, EMA weights ---------------------------
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        b = batch["video"].shape[0]
+        losses = []
+        for i, s in enumerate(VAL_SIGMAS):
+            g = seeded_generator(12345, batch_idx, i)
+            sigma = torch.full((b,), s, dtype=torch.float32, device=self.device)
+            per_sample, _ = self.diffusion_loss(batch, g, backbone=self.ema_backbone, sigma=sigma, train=False,
+                                                self_cond_prob=1.0)
+            self.log(f"val/loss_sigma_{s:g}", per_sample.mean(), batch_size=b, sync_dist=True)
+            losses.append(per_sample.mean())
+        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=b, sync_dist=True)
+
+    # ---- sampling -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], steps: int = 32, cfg_scale: float = 2.0, seed: int = 0,
+                 solver: str = "heun", threshold_percentile: Optional[float] = None,
+                 oscillate_low: Optional[float] = None, fps: Optional[float] = None,
+                 orig_size: Optional[tuple[int, int]] = None, use_ema: bool = True,
+                 callback: Optional[Callable] = None) -> Tensor:
+        """Text-to-video: (B, 3, T, H, W) float32 in [-1, 1] at the padded size (crop with data.video.crop_padding).
+
+        Heun (or Euler) over Karras sigmas with sigma_in (§2.5); classifier-free guidance with the conditional and
+        null-caption branch batched; FIT's latents carried from each evaluation to the next, per branch."""
+        if not prompts:
+            raise ValueError("no prompts given")
+        net = self.ema_backbone if use_ema else self.backbone
+        was_training = net.training
+        net.eval()
+        d, data = self.cfg.diffusion, self.cfg.data
+        b = len(prompts)
+        fps = float(fps if fps is not None else (self.cfg.logging.sample_fps or data.val_fps))
+        size = orig_size or tuple(self.cfg.logging.sample_orig_size)
+        texts = list(prompts) + [NULL_CAPTION] * b
+        text, mask = self.encode_text(texts)
+        cond = {"text": text, "text_mask": mask, "fps": torch.full((2 * b,), fps, device=self.device),
+                "orig_size": torch.tensor([list(size)] * (2 * b), dtype=torch.float32, device=self.device)}
+        state: dict = {"latents": None}
+
+        def denoise_both(x2: Tensor, sigma2: Tensor) -> Tensor:
+            x_hat, latents = self.edm.denoise(self._net(net, cond, state["latents"]), x2.float(), sigma2.float(),
+                                              return_state=True)
+            state["latents"] = latents
+            return x_hat
+
+        sigmas = karras_sigmas(steps, d.sigma_min, d.sigma_max, d.rho, device=self.device)
+        denoise_fn = guided_denoiser(denoise_both, guidance_schedule(sigmas, cfg_scale, oscillate_low),
+                                     threshold_percentile)
+        g = seeded_generator(seed)
+        noise = torch.randn((b, 3, data.frames, *data.pad_to), generator=g).to(self.device)
+        video = sample(denoise_fn, noise, sigmas, sigma_in=d.sigma_in, solver=solver, callback=callback)
+        net.train(was_training)
+        return video.float().clamp(-1, 1)
+
+    # ---- optimisers ---------------------------------------------------------------------------
+
+    def optimizer_settings(self) -> dict:
+        """name, lr, betas after applying the paper default of this face to unset config values."""
+        o, paper = self.cfg.optim, PAPER_OPTIM[self.kind]
+        return {"name": paper["name"] if o.name == "auto" else o.name,
+                "lr": paper["lr"] if o.lr is None else float(o.lr),
+                "betas": tuple(paper["betas"] if o.betas is None else o.betas)}
+
+    def configure_optimizers(self) -> dict:
+        o = self.cfg.optim
+        s = self.optimizer_settings()
+        decay = [p for p in self.backbone.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.backbone.parameters() if p.requires_grad and p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if s["name"] == "lamb":
+            from timm.optim import Lamb
+
+            opt = Lamb(groups, lr=s["lr"], betas=s["betas"], eps=o.eps)
+        elif s["name"] == "adamw":
+            opt = torch.optim.AdamW(groups, lr=s["lr"], betas=s["betas"], eps=o.eps)
+        else:
+            opt = torch.optim.Adam(groups, lr=s["lr"], betas=s["betas"], eps=o.eps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up over ``optim.warmup_steps``, then cosine (or constant) down to ``min_lr_ratio``."""
+        o, total = self.cfg.optim, self.cfg.trainer.max_steps
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self.log("train/grad_norm", norm)
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the frozen text tower is rebuilt from cfg.text (seeded init or the user's file), so it is not stored
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("text_encoder.")]:
+            del state[key]
+        checkpoint["nonfinite_total"] = self.nonfinite_total
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
+
+
+class UNetModule(EDMVideoModule):
+    """The 3D U-Net baseline: Adam (lr 1e-4, betas 0.9/0.999, wd 0.01) by default."""
+
+    kind = "unet"
+    uses_self_conditioning = False
+
+
+class FITModule(EDMVideoModule):
+    """Snap Video FIT: LAMB (lr 5e-3, betas 0.9/0.99, wd 0.01) and latent self-conditioning by default."""
+
+    kind = "fit"
+    uses_self_conditioning = True
+
+
+def module_for(cfg: DictConfig) -> type[EDMVideoModule]:
+    """The module class for the configured backbone preset."""
+    kind, _ = preset_kwargs(cfg.model.preset, OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    return FITModule if kind == "fit" else UNetModule
+
+
+def load_module(checkpoint: str, map_location: str | torch.device = "cpu") -> EDMVideoModule:
+    """Rebuild the right face from a Lightning checkpoint written by ``lit-snapvideo fit``."""
+    ckpt = torch.load(checkpoint, map_location=map_location, weights_only=False)
+    if "hyper_parameters" not in ckpt or "cfg" not in ckpt.get("hyper_parameters", {}):
+        raise ValueError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'cfg' in its hyper_parameters)")
+    cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
+    cls = module_for(cfg)
+    module = cls(cfg)
+    module.load_state_dict(ckpt["state_dict"], strict=False)
+    return module

@@ -1,0 +1,146 @@
+"""``lit-snapvideo fit``: config -> DataModule + module + Trainer -> run directory.
+
+A run directory describes itself: ``runs/<experiment>/<version>/`` holds ``config.yaml`` (merged), the TensorBoard
+events, ``checkpoints/{last,best}.ckpt`` (written atomically by Lightning: temp file, then rename), ``samples/*.gif``
+and, at the end, ``summary.json``. Rerunning the same experiment resumes from ``last.ckpt`` (model, EMA, optimiser,
+scheduler, step; the per-step random draws are functions of the step, so the resumed run repeats the
+uninterrupted one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+from .callbacks import SampleVideos, SkippedFiles, Throughput
+from .config import save_config
+from .data.datamodule import EDMDataModule
+from .module import EDMVideoModule, module_for
+from .models.presets import forward_flops
+
+log = logging.getLogger("lit_snapvideo")
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.logging.root) / str(cfg.logging.experiment or "default") / str(cfg.logging.version or "version_0")
+
+
+def next_free_version(cfg: DictConfig) -> str:
+    base = Path(cfg.logging.root) / str(cfg.logging.experiment or "default")
+    taken = {p.name for p in base.glob("version_*")} if base.exists() else set()
+    i = 0
+    while f"version_{i}" in taken:
+        i += 1
+    return f"version_{i}"
+
+
+def resolve_precision(cfg: DictConfig) -> str:
+    """auto: bf16 autocast on GPU, fp32 on CPU (bf16 autocast made whole backbones 6-30x slower here, design.md)."""
+    if cfg.trainer.precision != "auto":
+        return "32-true" if cfg.trainer.precision == "32" else cfg.trainer.precision
+    return "bf16-mixed" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "32-true"
+
+
+def train_flops_per_video(module: EDMVideoModule) -> Optional[float]:
+    """3x forward (forward + backward), plus one no-grad forward for FIT's self-conditioning pass."""
+    try:
+        fwd = forward_flops(module.backbone, frames=module.cfg.data.frames, size=tuple(module.cfg.data.pad_to),
+                            text_len=module.cfg.text.max_length, text_dim=module.text_encoder.dim)
+    except Exception as err:  # FLOP counting is informative only: never stop a run for it
+        log.warning("could not count FLOPs (%s); MFU will not be logged", err)
+        return None
+    extra = 1 if module.uses_self_conditioning and module.cfg.optim.self_cond_prob > 0 else 0
+    return fwd * (3 + extra)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable_progress_bar: bool = True,
+                  **overrides) -> tuple[L.Trainer, dict]:
+    t = cfg.trainer
+    logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name,
+                               default_hp_metric=False)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
+                                 save_top_k=1, save_last=True, every_n_train_steps=None)
+    throughput = Throughput(train_flops_per_video(module), cfg.logging.mfu_peak_tflops)
+    samples = SampleVideos(cfg.logging.sample_every_n_steps, list(cfg.logging.sample_prompts), cfg.logging.sample_steps,
+                           cfg.logging.sample_cfg, cfg.logging.sample_seed, run_dir / "samples")
+    callbacks = [checkpoint, throughput, samples, SkippedFiles(), LearningRateMonitor(logging_interval="step")]
+    if enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
+    kwargs = dict(
+        max_steps=t.max_steps, max_time=t.max_time, accelerator=t.accelerator, devices=t.devices,
+        strategy=t.strategy, num_nodes=t.num_nodes, precision=resolve_precision(cfg),
+        deterministic=t.deterministic, val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every_n_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip or None, logger=logger, callbacks=callbacks,
+        enable_progress_bar=enable_progress_bar, num_sanity_val_steps=0,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs), {"throughput": throughput, "samples": samples, "checkpoint": checkpoint}
+
+
+def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_progress_bar: bool = True,
+        **trainer_overrides) -> Path:
+    """Train ``cfg``; returns the run directory. ``resume``: continue from ``last.ckpt`` when it exists."""
+    if new_version:
+        cfg.logging.version = next_free_version(cfg)
+    run_dir = run_dir_of(cfg)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    datamodule = EDMDataModule(cfg)
+    module = module_for(cfg)(cfg)
+    trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.exists() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    if trainer.is_global_zero:
+        save_config(cfg, run_dir)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    wall = time.perf_counter() - start
+    if trainer.is_global_zero:
+        write_summary(run_dir, cfg, module, trainer, parts, wall, resumed=ckpt_path is not None)
+    return run_dir
+
+
+def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, trainer: L.Trainer, parts: dict,
+                  wall_seconds: float, resumed: bool) -> dict:
+    """summary.json: what `make compare` tabulates (parameters, steps, wall time, losses, ms/video)."""
+    path = run_dir / "summary.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    val = trainer.callback_metrics.get("val/loss")
+    infer = parts["samples"].infer_ms_per_video_per_eval
+    summary = {
+        "experiment": cfg.logging.experiment,
+        "preset": cfg.model.preset,
+        "kind": module.kind,
+        "parameters": sum(p.numel() for p in module.backbone.parameters()),
+        "steps": trainer.global_step,
+        "max_steps": cfg.trainer.max_steps,
+        "max_time": cfg.trainer.max_time,
+        "batch_size": cfg.data.batch_size,
+        "videos_seen": float(module.videos_seen),
+        # wall time adds up over resumed segments
+        "wall_time_s": round(wall_seconds + (previous.get("wall_time_s", 0.0) if resumed else 0.0), 1),
+        "final_val_loss": float(val) if val is not None else None,
+        "train_ms_per_video": parts["throughput"].median_ms_per_video() or previous.get("train_ms_per_video"),
+        "infer_ms_per_video_per_eval": (min(infer) if infer else previous.get("infer_ms_per_video_per_eval")),
+        "nonfinite_steps": module.nonfinite_total,
+        "skipped_files": trainer.datamodule.skipped_files() if hasattr(trainer.datamodule, "skipped_files") else None,
+        "sigma_in": cfg.diffusion.sigma_in,
+        "sigma_data": cfg.diffusion.sigma_data,
+        "framework": cfg.diffusion.framework,
+        "precision": trainer.precision,
+        "device": str(module.device),
+        "run_dir": str(run_dir),
+    }
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -35,3 +35,20 @@ data: $(SHAPES) ## generate the embedded moving-shapes set (4000 train + 256 val
 
 $(SHAPES): | $(STAMP)
 	$(CLI) data shapes --out $(dir $(SHAPES))
+
+# ---- training (issue: one EDM LightningModule; runs under runs/<experiment>/version_0, reruns resume) ----
+.PHONY: ablation ablation-fit ablation-unet compare tensorboard
+ablation-fit: $(SHAPES) ## train the FIT ablation (CPU scale): runs/fit/version_0 (rerun resumes)
+	$(CLI) fit experiments/ablation/fit.yaml $(ARGS)
+
+ablation-unet: $(SHAPES) ## train the 3D U-Net ablation on the same data, steps and seed: runs/unet/version_0
+	$(CLI) fit experiments/ablation/unet.yaml $(ARGS)
+
+ablation: ablation-fit ablation-unet ## both ablation runs, then results/ablation.md
+	$(MAKE) compare
+
+compare: $(STAMP) ## results/ablation.md: both runs side by side with the paper's Table 2
+	$(CLI) compare runs/fit/version_0 runs/unet/version_0 --out results/ablation.md
+
+tensorboard: $(STAMP) ## serve TensorBoard on runs/ (http://localhost:6006)
+	$(VENV)/bin/tensorboard --logdir runs --port 6006

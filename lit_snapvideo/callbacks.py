@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 import numpy as np
 import torch
 from PIL import Image
@@ -86,7 +87,7 @@ class SampleVideos(L.Callback):
         (self.out_dir / f"step_{trainer.global_step:06d}.gif").write_bytes(data)
         (self.out_dir / "prompts.txt").write_text("\n".join(self.prompts) + "\n")
         for logger in trainer.loggers:
-            if hasattr(logger.experiment, "file_writer"):
+            if isinstance(logger, TensorBoardLogger):
                 add_gif_summary(logger.experiment, "samples/grid", data, frames[0].size, trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

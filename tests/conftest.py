@@ -12,3 +12,26 @@ import torch
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory):
+    """A small moving-shapes set (real mp4 + png files), made once per test session."""
+    from lit_snapvideo.data.datasets import generate_shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, n_train=24, n_val=4, seed=0, workers=1)
+    return root
+
+
+def tiny_overrides(root, run_root, preset="fit_tiny", **extra) -> list[str]:
+    """Config overrides for a seconds-long CPU run of a tiny backbone on 8 x 16 x 16 clips."""
+    values = {
+        "model.preset": preset, "data.root": str(root), "data.frames": 8, "data.size": "[16,16]",
+        "data.pad_to": "[16,16]", "data.batch_size": 2, "data.val_batch_size": 2, "data.num_workers": 0,
+        "data.limit_val_clips": 2, "text.max_length": 8, "logging.root": str(run_root),
+        "logging.sample_steps": 2, "logging.sample_prompts": "[a red circle moving left on a black background]",
+        "trainer.log_every_n_steps": 1, "optim.warmup_steps": 2, "text.cache_dir": str(run_root / "text_cache"),
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

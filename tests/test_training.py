@@ -1,0 +1,148 @@
+"""Training end to end at tiny sizes: the real config loader, DataModule (real mp4 files), Lightning Trainer."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import tiny_overrides
+from lit_snapvideo.config import load_config
+from lit_snapvideo.module import FITModule, NonFiniteLossError, UNetModule, load_module, module_for
+from lit_snapvideo.train import fit
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "ablation"
+
+
+@pytest.mark.parametrize("name,preset,cls", [("fit", "fit_tiny", FITModule), ("unet", "unet_tiny", UNetModule)])
+def test_fast_dev_run_through_real_config(shapes_root, tmp_path, name, preset, cls):
+    cfg = load_config(EXPERIMENTS / f"{name}.yaml", tiny_overrides(shapes_root, tmp_path, preset))
+    assert module_for(cfg) is cls
+    fit(cfg, enable_progress_bar=False, fast_dev_run=2)
+
+
+def test_paper_optimiser_defaults(shapes_root, tmp_path):
+    fit_cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny"))
+    unet_cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny"))
+    fit_opt = FITModule(fit_cfg).configure_optimizers()["optimizer"]
+    unet_opt = UNetModule(unet_cfg).configure_optimizers()["optimizer"]
+    assert type(fit_opt).__name__ == "Lamb" and fit_opt.defaults["lr"] == 5e-3 and fit_opt.defaults["betas"] == (0.9, 0.99)
+    assert type(unet_opt) is torch.optim.Adam and unet_opt.defaults["lr"] == 1e-4
+    assert unet_opt.defaults["betas"] == (0.9, 0.999)
+    assert {g["weight_decay"] for g in unet_opt.param_groups} == {0.01, 0.0}  # no decay on norms and biases
+
+
+def test_lr_schedule_warmup_then_cosine(shapes_root, tmp_path):
+    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{"optim.warmup_steps": 10,
+                                                                                   "trainer.max_steps": 110}))
+    m = UNetModule(cfg)
+    assert m.lr_factor(0) == pytest.approx(0.1) and m.lr_factor(9) == pytest.approx(1.0)
+    assert m.lr_factor(60) == pytest.approx(0.5) and m.lr_factor(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path):
+    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
+        "trainer.max_steps": 4, "trainer.val_every_n_steps": 2, "logging.sample_every_n_steps": 2,
+        "logging.experiment": "tb"}))
+    run_dir = fit(cfg, enable_progress_bar=False)
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "val/loss", "perf/ms_per_video", "perf/videos_per_s",
+                "perf/peak_memory_gib", "data/skipped_files"):
+        assert tag in scalars, (tag, sorted(scalars))
+    assert any(t.startswith("train/loss_sigma_q") for t in scalars)
+    images = events.Images("samples/grid")
+    assert images and images[-1].encoded_image_string[:6] in (b"GIF87a", b"GIF89a")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["final_val_loss"] > 0 and summary["train_ms_per_video"] > 0
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.gif")) == ["step_000002.gif", "step_000004.gif"]
+
+
+def _final_state(run_dir: Path) -> dict:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt
+
+
+@pytest.mark.parametrize("preset", ["fit_tiny", "unet_tiny"])
+def test_resume_equals_uninterrupted(shapes_root, tmp_path, preset):
+    """2N steps in one run == N steps, resume, N steps: weights, EMA, optimiser state, within 1e-6."""
+    n = 3
+    common = {"logging.sample_every_n_steps": 0, "trainer.val_every_n_steps": 100, "optim.warmup_steps": 2}
+    one = load_config(None, tiny_overrides(shapes_root, tmp_path, preset, **common, **{
+        "trainer.max_steps": 2 * n, "logging.experiment": "straight"}))
+    straight = _final_state(fit(one, enable_progress_bar=False))
+
+    half = load_config(None, tiny_overrides(shapes_root, tmp_path, preset, **common, **{
+        "trainer.max_steps": 2 * n, "logging.experiment": "resumed"}))
+    fit(half, enable_progress_bar=False, max_steps=n)  # stop half way (same schedule length)
+    again = load_config(None, tiny_overrides(shapes_root, tmp_path, preset, **common, **{
+        "trainer.max_steps": 2 * n, "logging.experiment": "resumed"}))
+    resumed = _final_state(fit(again, enable_progress_bar=False))
+
+    assert straight["global_step"] == resumed["global_step"] == 2 * n
+    a, b = straight["state_dict"], resumed["state_dict"]
+    assert set(a) == set(b) and any(k.startswith("ema_backbone.") for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert not torch.equal(a["videos_seen"], torch.zeros((), dtype=torch.float64))
+    for sa, sb in zip(straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()):
+        for k in sa:
+            if torch.is_tensor(sa[k]):
+                torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6)
+
+
+class NaNAfter(torch.nn.Module):
+    """Wraps a backbone; its output turns NaN from call ``start`` on (a forced fault)."""
+
+    def __init__(self, inner, start):
+        super().__init__()
+        self.inner, self.start, self.calls = inner, start, 0
+
+    def forward(self, x, c_noise, cond, self_cond=None):
+        self.calls += 1
+        F, state = self.inner(x, c_noise, cond, self_cond)
+        return (F * float("nan") if self.calls >= self.start else F), state
+
+
+def test_nonfinite_loss_skips_then_stops(shapes_root, tmp_path):
+    from lit_snapvideo.models.presets import build_backbone
+    from lit_snapvideo.train import build_trainer
+    from lit_snapvideo.data.datamodule import EDMDataModule
+
+    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{
+        "optim.max_nonfinite_steps": 3, "trainer.max_steps": 20, "logging.sample_every_n_steps": 0}))
+    module = UNetModule(cfg)
+    module.backbone = NaNAfter(module.backbone, start=3)
+    module.__dict__["_train_forward"] = module.backbone
+    trainer, _ = build_trainer(cfg, tmp_path / "nan_run", module, enable_progress_bar=False, logger=False,
+                               enable_checkpointing=False, callbacks=[])
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row.*optim.lr"):
+        trainer.fit(module, datamodule=EDMDataModule(cfg))
+    assert module.nonfinite_total == 3
+    assert trainer.global_step == 2  # the NaN steps made no optimiser step
+
+
+def test_checkpoint_loads_back_and_has_clean_keys(shapes_root, tmp_path):
+    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
+        "trainer.max_steps": 2, "logging.sample_every_n_steps": 0}))
+    run_dir = fit(cfg, enable_progress_bar=False)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    keys = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"].keys()
+    assert not any("_orig_mod" in k or k.startswith("text_encoder.") for k in keys)
+    module = load_module(str(ckpt))
+    assert isinstance(module, FITModule)
+    video = module.generate(["a red circle moving left on a black background"], steps=2, cfg_scale=1.0)
+    assert video.shape == (1, 3, 8, 16, 16) and torch.isfinite(video).all()
+
+
+@pytest.mark.slow
+def test_compiled_backbone_saves_clean_keys(shapes_root, tmp_path):
+    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{
+        "trainer.max_steps": 2, "logging.sample_every_n_steps": 0, "model.compile": True}))
+    run_dir = fit(cfg, enable_progress_bar=False)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    keys = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"].keys()
+    assert keys and not any("_orig_mod" in k for k in keys)
+    assert isinstance(load_module(str(ckpt)), UNetModule)

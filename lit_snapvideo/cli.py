@@ -140,9 +140,28 @@ def _run_fit(args: argparse.Namespace) -> None:
           f"{summary['final_val_loss']}, run directory {run_dir}")
 
 
+# ---- compare ----------------------------------------------------------------------------------
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="tabulate finished runs beside the paper's Table 2 (markdown)",
+                       description="Read each run directory's summary.json (and metrics.json if evaluated) and "
+                       "write a markdown table with the paper's Table 2 rows beside.")
+    p.add_argument("runs", nargs="+", help="run directories, e.g. runs/fit/version_0 runs/unet/version_0")
+    p.add_argument("--out", default="results/ablation.md", help="markdown file to write (default results/ablation.md)")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> None:
+    from .report import compare_runs
+
+    print(compare_runs(args.runs, args.out), end="")
+    print(f"wrote {args.out}")
+
+
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

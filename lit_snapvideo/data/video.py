@@ -154,7 +154,8 @@ def _probe_size(path: Path) -> tuple[int, int]:
                 raise BadFileError(path, "video stream without a frame size")
             return ctx.height, ctx.width
     except (av.FFmpegError, UnicodeDecodeError, OSError) as err:
-        raise BadFileError(path, f"not a readable video ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+        detail = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]  # without the path again
+        raise BadFileError(path, f"not a readable video ({type(err).__name__}: {detail})") from None
 
 
 def read_video(

@@ -159,9 +159,107 @@ def _run_compare(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+# ---- sample -----------------------------------------------------------------------------------
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample", help="text-to-video sampling from a checkpoint (mp4 files + a GIF grid)",
+        description="Sample videos from a checkpoint's EMA weights with EDM's deterministic Heun sampler carrying "
+        "sigma_in (paper §2.5), classifier-free guidance, optional dynamic thresholding and oscillating guidance. "
+        "Writes OUT/NNN.mp4 per prompt and OUT/grid.gif.")
+    p.add_argument("checkpoint", help="a .ckpt written by lit-snapvideo fit (e.g. runs/fit/version_0/checkpoints/last.ckpt)")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
+    p.add_argument("--prompts-file", help="a text file with one prompt per line")
+    p.add_argument("--out", default="samples", help="output folder, or a .mp4 path for a single prompt")
+    p.add_argument("--steps", type=int, default=64, help="sampler steps (paper: 256 for stage 1; default 64)")
+    p.add_argument("--solver", choices=("heun", "euler"), default="heun")
+    p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance weight w: D_u + w (D_c - D_u)")
+    p.add_argument("--threshold", type=float, default=None, metavar="P",
+                   help="dynamic thresholding percentile, e.g. 0.995 (off by default)")
+    p.add_argument("--oscillate-low", type=float, default=None, metavar="W",
+                   help="oscillating guidance: alternate --cfg and W after the first 10%% of steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per sampler batch")
+    p.add_argument("--fps", type=float, default=None, help="frame-rate conditioning (default: the run's val fps)")
+    p.add_argument("--raw-weights", action="store_true", help="use the live weights instead of the EMA")
+    p.set_defaults(run=_run_sample)
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    from pathlib import Path
+
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise UserError(f"--prompts-file {path}: file not found")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise UserError("no prompt given: use --prompt TEXT or --prompts-file FILE")
+    empty = [i for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        raise UserError(f"prompt {empty[0] + 1} is empty; every prompt needs text")
+    return prompts
+
+
+def _load_checkpoint(path: str):
+    from pathlib import Path
+
+    from .module import load_module
+
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint {path}: file not found")
+    try:
+        return load_module(path)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    except Exception as err:  # torch.load on a file that is not a checkpoint at all
+        raise UserError(f"checkpoint {path}: cannot be read as a lit-snapvideo checkpoint ({type(err).__name__}: {err})") from None
+
+
+def _run_sample(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import torch
+    from tqdm import tqdm
+
+    from .callbacks import gif_bytes, video_grid_frames
+    from .data.video import crop_padding, to_uint8, write_video
+
+    prompts = _read_prompts(args)
+    if args.steps < 1 or args.batch_size < 1:
+        raise UserError(f"--steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})")
+    module = _load_checkpoint(args.checkpoint)
+    out = Path(args.out)
+    single = out.suffix == ".mp4"
+    if single and len(prompts) > 1:
+        raise UserError(f"--out {out} is one .mp4 file but {len(prompts)} prompts were given; pass a folder")
+    folder = out.parent if single else out
+    folder.mkdir(parents=True, exist_ok=True)
+    fps = args.fps or module.cfg.logging.sample_fps or module.cfg.data.val_fps
+    videos = []
+    bar = tqdm(total=len(prompts) * args.steps, desc="sampling", unit="step")
+    for start in range(0, len(prompts), args.batch_size):
+        chunk = prompts[start : start + args.batch_size]
+        video = module.generate(chunk, steps=args.steps, cfg_scale=args.cfg, seed=args.seed + start,
+                                solver=args.solver, threshold_percentile=args.threshold,
+                                oscillate_low=args.oscillate_low, fps=args.fps, use_ema=not args.raw_weights,
+                                callback=lambda i, n, t, x, k=len(chunk): bar.update(k))
+        videos.append(crop_padding(video, tuple(module.cfg.data.size)))
+    bar.close()
+    videos = torch.cat(videos)
+    paths = [out] if single else [folder / f"{i:03d}.mp4" for i in range(len(prompts))]
+    for path, video in zip(paths, videos):
+        write_video(path, to_uint8(video), fps=fps if fps != float("inf") else 8.0)
+    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    (folder / "grid.gif").write_bytes(gif_bytes(video_grid_frames(videos), fps=min(float(fps), 30.0)))
+    print(f"wrote {len(paths)} video(s) and {folder / 'grid.gif'}")
+
+
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_compare]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,3 +35,17 @@ def tiny_overrides(root, run_root, preset="fit_tiny", **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(shapes_root, tmp_path_factory):
+    """A real Lightning checkpoint of a 2-step fit_tiny run on 8 x 16 x 32 clips (decord needs width > 16)."""
+    from lit_snapvideo.config import load_config
+    from lit_snapvideo.train import fit
+
+    run_root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, tiny_overrides(shapes_root, run_root, "fit_tiny", **{
+        "data.size": "[16,32]", "data.pad_to": "[16,32]", "trainer.max_steps": 2,
+        "logging.sample_every_n_steps": 0, "logging.experiment": "tiny"}))
+    run_dir = fit(cfg, enable_progress_bar=False)
+    return run_dir / "checkpoints" / "last.ckpt"

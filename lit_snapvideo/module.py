@@ -102,8 +102,10 @@ class EDMVideoModule(L.LightningModule):
             drop = torch.rand(len(captions), generator=drop_generator) < self.cfg.text.label_dropout
             captions = [NULL_CAPTION if d else c for c, d in zip(captions, drop.tolist())]
         text, mask = self.encode_text(captions)
-        return {"text": text, "text_mask": mask,
-                "fps": batch["fps"].to(self.device, torch.float32),
+        fps = batch["fps"].to(self.device, torch.float32)
+        if not self.cfg.data.images_as_videos:  # Table 3 row (iv): stills get an ordinary frame rate, not infinity
+            fps = torch.where(torch.isinf(fps), torch.full_like(fps, self.cfg.data.val_fps), fps)
+        return {"text": text, "text_mask": mask, "fps": fps,
                 "orig_size": batch["orig_size"].to(self.device, torch.float32)}
 
     def sigma_in_for(self, batch: dict) -> Tensor | float:

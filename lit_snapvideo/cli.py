@@ -91,7 +91,7 @@ def _run_data_check(args: argparse.Namespace) -> None:
         raise UserError(str(err)) from None
     with tempfile.TemporaryDirectory() as folder:
         skips = SkipLog(folder)
-        dataset = ClipDataset(train + val, d.frames, d.size, d.pad_to, d.fps_choices, False, skips)
+        dataset = ClipDataset(train + val, d.frames, d.size, d.fps_choices, False, skips)
         for index in range(len(dataset)):
             try:
                 dataset.load(index)
@@ -257,9 +257,39 @@ def _run_sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} video(s) and {folder / 'grid.gif'}")
 
 
+# ---- models -------------------------------------------------------------------------------------
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the backbone presets with parameters and forward GFLOPs per video",
+                       description="Every preset of lit_snapvideo/models/presets.py, counted on the meta device "
+                       "(nothing allocated): parameters (text encoder excluded) and FLOPs of one forward pass "
+                       "per video (torch's FlopCounterMode).")
+    p.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
+    p.add_argument("--size", type=int, nargs=2, default=[40, 64], metavar=("H", "W"),
+                   help="padded frame size the backbone sees (default 40 64)")
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> None:
+    from .models.presets import PAPER_PRESETS, PRESETS, count_parameters, forward_flops, reference_text_dim
+
+    print(f"{'preset':<11} {'kind':<5} {'paper':>6} {'params':>10} {'GFLOPs/video':>13}  "
+          f"(forward, {args.frames}x{args.size[0]}x{args.size[1]}, text width per preset)")
+    for name, spec in PRESETS.items():
+        text_dim = reference_text_dim(name)
+        try:
+            flops = f"{forward_flops(name, args.frames, tuple(args.size), text_dim=text_dim) / 1e9:13.2f}"
+        except ValueError as err:  # the size does not divide into this preset's patches/groups/levels
+            flops = f"{'n/a':>13}  ({err})"
+        paper = f"{PAPER_PRESETS[name] / 1e6:.0f}M" if name in PAPER_PRESETS else "-"
+        params = count_parameters(name, text_dim=text_dim) / 1e6
+        print(f"{name:<11} {spec['kind']:<5} {paper:>6} {params:9.1f}M {flops}")
+
+
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_compare]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_compare, _add_models]
 
 
 def build_parser() -> argparse.ArgumentParser:

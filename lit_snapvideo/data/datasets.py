@@ -36,7 +36,6 @@ from .video import (
     BadFileError,
     is_image_file,
     is_video_file,
-    pad_video,
     read_image,
     read_video,
     write_video,
@@ -228,7 +227,7 @@ class SkipLog:
 
 
 class ClipDataset(Dataset):
-    """Records -> training examples ``{"video": (3, T, *pad_to) float32 in [-1, 1], "caption": str,
+    """Records -> training examples ``{"video": (3, T, *size) float32 in [-1, 1], "caption": str,
     "fps": float32 (), "orig_size": float32 (2,), "is_image": bool ()}``.
 
     ``train=True``: a frame rate drawn from ``fps_choices`` and a random start (torch's RNG, which
@@ -242,13 +241,12 @@ class ClipDataset(Dataset):
         records: Sequence[Record],
         frames: int,
         size: Sequence[int],
-        pad_to: Sequence[int],
         fps_choices: Sequence[float],
         train: bool,
         skip_log: SkipLog,
     ):
         self.records = list(records)
-        self.frames, self.size, self.pad_to = frames, tuple(size), tuple(pad_to)
+        self.frames, self.size = frames, tuple(size)
         self.fps_choices, self.train, self.skip_log = list(fps_choices), train, skip_log
         self.is_image = [r.is_image for r in self.records]
         self._bad: set[int] = set()  # per worker: indices known to fail, never retried
@@ -265,7 +263,7 @@ class ClipDataset(Dataset):
             rng = torch.default_generator if self.train else None
             video, fps, orig_hw = read_video(r.path, self.frames, self.size, self.fps_choices, r.fps, rng)
         return {
-            "video": pad_video(video, self.pad_to),
+            "video": video,
             "caption": r.caption,
             "fps": torch.tensor(fps, dtype=torch.float32),
             "orig_size": torch.tensor(orig_hw, dtype=torch.float32),

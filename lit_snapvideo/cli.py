@@ -78,8 +78,6 @@ def _run_data_shapes(args: argparse.Namespace) -> None:
 
 
 def _run_data_check(args: argparse.Namespace) -> None:
-    import tempfile
-
     from .config import DataConfig
     from .data.datasets import ClipDataset, DataError, SkipLog, load_records
     from .data.video import BadFileError
@@ -89,15 +87,14 @@ def _run_data_check(args: argparse.Namespace) -> None:
         train, val = load_records(args.root, args.manifest)
     except DataError as err:
         raise UserError(str(err)) from None
-    with tempfile.TemporaryDirectory() as folder:
-        skips = SkipLog(folder)
-        dataset = ClipDataset(train + val, d.frames, d.size, d.fps_choices, False, skips)
-        for index in range(len(dataset)):
-            try:
-                dataset.load(index)
-            except BadFileError as err:
-                skips.add(err)  # one warning line each on stderr
-        print(f"{len(train)} train + {len(val)} val records; {skips.count()} file(s) would be skipped")
+    skips = SkipLog()
+    dataset = ClipDataset(train + val, d.frames, d.size, fps_choices=d.fps_choices, skip_log=skips)
+    for index in range(len(dataset)):
+        try:
+            dataset.load(index)
+        except BadFileError as err:
+            skips.add(err)  # one warning line each on stderr
+    print(f"{len(train)} train + {len(val)} val records; {skips.count()} file(s) would be skipped")
 
 
 # ---- fit --------------------------------------------------------------------------------------

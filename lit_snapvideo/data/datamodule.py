@@ -14,10 +14,7 @@ Bad files are skipped and counted across workers: :meth:`EDMDataModule.skipped_f
 
 from __future__ import annotations
 
-import atexit
 import logging
-import shutil
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -49,9 +46,7 @@ class EDMDataModule(L.LightningDataModule):
         self.cfg = cfg.data
         self.train_set: Optional[ClipDataset] = None
         self.val_set: Optional[ClipDataset] = None
-        self._skip_dir = tempfile.mkdtemp(prefix="lit_snapvideo_skipped_")
-        atexit.register(shutil.rmtree, self._skip_dir, ignore_errors=True)
-        self.skip_log = SkipLog(self._skip_dir)
+        self.skip_log = SkipLog()  # a temporary folder every DataLoader worker writes its markers to
 
     def prepare_data(self) -> None:
         """Generate the embedded set when ``data.root`` is the default and it is missing."""
@@ -66,7 +61,7 @@ class EDMDataModule(L.LightningDataModule):
         c = self.cfg
         train, val = load_records(c.root, c.manifest)  # DataError (a ValueError) for empty / bad manifests
         val = val[: c.limit_val_clips] if c.limit_val_clips > 0 else val
-        common = dict(frames=c.frames, size=list(c.size), skip_log=self.skip_log)
+        common = dict(frames=c.frames, size=list(c.size), pad_to=None, skip_log=self.skip_log)  # padded per batch
         self.train_set = ClipDataset(train, fps_choices=list(c.fps_choices), train=True, **common)
         self.val_set = ClipDataset(val, fps_choices=[c.val_fps], train=False, **common)
         n_img = sum(self.train_set.is_image)

@@ -12,6 +12,7 @@ Without a ``split`` column a deterministic ~5 % (at least one record) is held ou
 
 from __future__ import annotations
 
+import atexit
 import csv
 import hashlib
 import json
@@ -20,6 +21,8 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,7 @@ from .video import (
     BadFileError,
     is_image_file,
     is_video_file,
+    pad_video,
     read_image,
     read_video,
     write_video,
@@ -198,11 +202,13 @@ def load_records(root: str | Path, manifest: Optional[str] = None) -> tuple[list
 class SkipLog:
     """Bad files seen by any process, one marker file each in ``folder``: creating the marker with
     O_EXCL makes exactly one process (worker) print the warning, and the count is the number of
-    distinct bad files whichever worker met them."""
+    distinct bad files whichever worker met them. ``folder=None`` keeps the log in this process only."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: Optional[str | Path] = None):
+        self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="lit_snapvideo_skipped_"))
         self.folder.mkdir(parents=True, exist_ok=True)
+        if folder is None:
+            atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
 
     def add(self, err: BadFileError) -> None:
         marker = self.folder / (hashlib.sha1(err.path.encode()).hexdigest() + ".txt")
@@ -241,13 +247,14 @@ class ClipDataset(Dataset):
         records: Sequence[Record],
         frames: int,
         size: Sequence[int],
-        fps_choices: Sequence[float],
-        train: bool,
-        skip_log: SkipLog,
+        pad_to: Optional[Sequence[int]] = None,
+        fps_choices: Sequence[float] = (8.0,),
+        train: bool = False,
+        skip_log: Optional[SkipLog] = None,
     ):
         self.records = list(records)
-        self.frames, self.size = frames, tuple(size)
-        self.fps_choices, self.train, self.skip_log = list(fps_choices), train, skip_log
+        self.frames, self.size, self.pad_to = frames, tuple(size), pad_to
+        self.fps_choices, self.train, self.skip_log = list(fps_choices), train, skip_log or SkipLog()
         self.is_image = [r.is_image for r in self.records]
         self._bad: set[int] = set()  # per worker: indices known to fail, never retried
 
@@ -263,7 +270,7 @@ class ClipDataset(Dataset):
             rng = torch.default_generator if self.train else None
             video, fps, orig_hw = read_video(r.path, self.frames, self.size, self.fps_choices, r.fps, rng)
         return {
-            "video": video,
+            "video": pad_video(video, self.pad_to) if self.pad_to else video,
             "caption": r.caption,
             "fps": torch.tensor(fps, dtype=torch.float32),
             "orig_size": torch.tensor(orig_hw, dtype=torch.float32),

@@ -7,7 +7,9 @@ the batch to ``data.pad_to`` with :func:`lit_snapvideo.data.video.pad_video` (un
 ``crop_padding``), once per batch where one large op is cheaper than B small ones.
 
 Training draws frame rates from ``data.fps_choices`` and mixes still images into each batch with
-probability ``data.image_fraction`` (:class:`JointSampler`). Validation is deterministic: the
+probability ``data.image_fraction`` (:class:`JointSampler`); the stream depends only on
+``data.seed`` and the position in it, which checkpoints carry, so a resumed run sees the batches
+the uninterrupted run would have seen. Validation is deterministic: the
 first ``data.limit_val_clips`` records of the val split at ``data.val_fps`` from frame 0.
 Bad files are skipped and counted across workers: :meth:`EDMDataModule.skipped_files`.
 """
@@ -47,6 +49,7 @@ class EDMDataModule(L.LightningDataModule):
         self.train_set: Optional[ClipDataset] = None
         self.val_set: Optional[ClipDataset] = None
         self.skip_log = SkipLog()  # a temporary folder every DataLoader worker writes its markers to
+        self.stream_position = 0  # training draws consumed so far (all ranks), saved in checkpoints
 
     def prepare_data(self) -> None:
         """Generate the embedded set when ``data.root`` is the default and it is missing."""
@@ -81,11 +84,24 @@ class EDMDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = JointSampler(self.train_set.is_image, self.cfg.image_fraction, seed=self.cfg.seed)
+        sampler = JointSampler(self.train_set.is_image, self.cfg.image_fraction, self.cfg.seed, start=self.stream_position)
         return self._loader(self.train_set, self.cfg.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.cfg.val_batch_size)
+
+    # ---- resuming: a restarted run continues the training stream where the checkpoint left it ----
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.trainer is not None and self.trainer.training:
+            self.stream_position += len(batch["caption"]) * self.trainer.world_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"stream_position": self.stream_position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream_position = int(state.get("stream_position", 0))
 
     def skipped_files(self) -> int:
         """Distinct bad files skipped so far, summed over all DataLoader workers."""

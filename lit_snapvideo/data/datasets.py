@@ -233,13 +233,15 @@ class SkipLog:
 
 
 class ClipDataset(Dataset):
-    """Records -> training examples ``{"video": (3, T, *size) float32 in [-1, 1], "caption": str,
-    "fps": float32 (), "orig_size": float32 (2,), "is_image": bool ()}``.
+    """Records -> training examples ``{"video": (3, T, *size) float32 in [-1, 1] (or padded to
+    ``pad_to``), "caption": str, "fps": float32 (), "orig_size": float32 (2,), "is_image": bool ()}``.
 
-    ``train=True``: a frame rate drawn from ``fps_choices`` and a random start (torch's RNG, which
-    the DataLoader seeds per worker). ``train=False``: ``fps_choices[0]`` and frame 0, so the same
-    index always gives the same tensor. A bad file is logged once in ``skip_log`` and replaced by
-    another item of the same kind (the next one in validation, a random one in training).
+    ``dataset[i]`` with ``train=False``: ``fps_choices[0]`` and frame 0, so the same index always
+    gives the same tensor. ``dataset[(i, seed)]`` (what :class:`JointSampler` yields): a frame rate
+    drawn from ``fps_choices`` and a start frame, both from ``seed``, so the training stream does not
+    depend on the worker count and replays exactly on resume. ``dataset[i]`` with ``train=True``
+    draws them from torch's global RNG instead. A bad file is logged once in ``skip_log`` and
+    replaced by another item of the same kind (the next one in validation, a random one in training).
     """
 
     def __init__(
@@ -261,13 +263,12 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def load(self, index: int) -> dict:
-        """One example; raises BadFileError."""
+    def load(self, index: int, rng: Optional[torch.Generator] = None) -> dict:
+        """One example (``rng``: random frame rate and start, else deterministic); raises BadFileError."""
         r = self.records[index]
         if r.is_image:
             video, fps, orig_hw = read_image(r.path, self.frames, self.size)
         else:
-            rng = torch.default_generator if self.train else None
             video, fps, orig_hw = read_video(r.path, self.frames, self.size, self.fps_choices, r.fps, rng)
         return {
             "video": pad_video(video, self.pad_to) if self.pad_to else video,
@@ -277,48 +278,59 @@ class ClipDataset(Dataset):
             "is_image": torch.tensor(r.is_image),
         }
 
-    def _replacement(self, index: int, attempt: int) -> int:
+    def _replacement(self, index: int, rng: Optional[torch.Generator]) -> int:
         same_kind = [i for i, img in enumerate(self.is_image) if img == self.is_image[index] and i not in self._bad]
         candidates = same_kind or [i for i in range(len(self)) if i not in self._bad]
         if not candidates:
             raise RuntimeError(f"every one of the {len(self)} files in this data set is unreadable (see the warnings above)")
-        if self.train:
-            return candidates[int(torch.randint(len(candidates), (1,)))]
+        if rng is not None:
+            return candidates[int(torch.randint(len(candidates), (1,), generator=rng))]
         return next((i for i in candidates if i > index), candidates[0])  # deterministic: the next good one
 
-    def __getitem__(self, index: int) -> dict:
-        for attempt in range(MAX_RETRIES):
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            rng = torch.Generator().manual_seed(seed)
+        else:
+            rng = torch.default_generator if self.train else None
+        for _ in range(MAX_RETRIES):
             if index not in self._bad:
                 try:
-                    return self.load(index)
+                    return self.load(index, rng)
                 except BadFileError as err:
                     self._bad.add(index)
                     self.skip_log.add(err)
-            index = self._replacement(index, attempt)
+            index = self._replacement(index, rng)
         raise RuntimeError(f"{MAX_RETRIES} unreadable files in a row; the data set looks broken (see the warnings above)")
 
 
-class JointSampler(Sampler[int]):
-    """Indices for joint image + video training: each draw is an image with probability
-    ``image_fraction`` and a video otherwise, uniformly within the kind (with replacement).
-    When only one kind exists it is used for every draw. ``len`` = one pass over the records."""
+class JointSampler(Sampler[tuple[int, int]]):
+    """An endless, resumable training stream cut into passes of ``len(is_image)`` draws.
 
-    def __init__(self, is_image: Sequence[bool], image_fraction: float, seed: int = 0):
-        self.images = torch.tensor([i for i, img in enumerate(is_image) if img], dtype=torch.long)
-        self.videos = torch.tensor([i for i, img in enumerate(is_image) if not img], dtype=torch.long)
-        self.image_fraction = image_fraction if len(self.images) and len(self.videos) else float(len(self.images) > 0)
-        self.num_samples, self.seed, self.epoch = len(is_image), seed, 0
+    Draw number ``p`` (counted from the start of training) is a function of ``(seed, p)`` only:
+    an image with probability ``image_fraction`` and a video otherwise (when only one kind exists,
+    it is used for every draw), uniformly within the kind, plus a per-sample seed for the frame
+    rate and start. Yields ``(index, sample_seed)`` for :class:`ClipDataset`. ``position`` is the
+    next draw; set it (``start``) to continue a stream after a resume.
+    """
+
+    def __init__(self, is_image: Sequence[bool], image_fraction: float, seed: int = 0, start: int = 0):
+        self.images = [i for i, img in enumerate(is_image) if img]
+        self.videos = [i for i, img in enumerate(is_image) if not img]
+        self.image_fraction = image_fraction if self.images and self.videos else float(bool(self.images))
+        self.num_samples, self.seed, self.position = len(is_image), seed, start
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed + 1000003 * self.epoch)
-        self.epoch += 1
-        take_image = torch.rand(self.num_samples, generator=g) < self.image_fraction
-        for image in take_image.tolist():
-            pool = self.images if image else self.videos
-            yield int(pool[torch.randint(len(pool), (1,), generator=g)])
+    def draw(self, p: int) -> tuple[int, int]:
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + p) % 2**63)
+        pool = self.images if float(torch.rand((), generator=g)) < self.image_fraction else self.videos
+        return pool[int(torch.randint(len(pool), (), generator=g))], int(torch.randint(2**62, (), generator=g))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        first, self.position = self.position, self.position + self.num_samples
+        return (self.draw(p) for p in range(first, first + self.num_samples))
 
 
 # --------------------------------------------------------------------------------------------

@@ -153,10 +153,10 @@ class LoggingConfig:
     sample_cfg: float = 2.0
     sample_prompts: List[str] = field(
         default_factory=lambda: [
-            "a red circle moving right on a black background",
-            "a blue square moving up on a white background",
-            "a yellow triangle moving left on a gray background",
-            "a green circle moving down on a black background",
+            "a large red circle moving right on a black background",
+            "a large blue square moving up on a white background",
+            "a large yellow triangle moving left on a gray background",
+            "a large green circle moving down on a black background",
         ]
     )
     sample_seed: int = 0

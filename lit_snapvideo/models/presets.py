@@ -1,0 +1,146 @@
+"""Named backbone sizes: the paper's four (Tables 7 and 8) and small ones for CPU ablations and tests.
+
+    model = build_backbone("fit_small", text_dim=512)              # nn.Module: forward(x, c_noise, cond, self_cond)
+    count_parameters("fit_3_9b", text_dim=1024)                     # on the meta device, nothing allocated
+    forward_flops("unet_85m", frames=16, size=(40, 64))             # FLOPs of one forward pass, per video
+
+Sizes at 16 x 40 x 64 (text encoder excluded; paper text width 1024 = T5-11B, projected to the conditioning
+width; small presets measured with text_dim 512 and 16 text tokens; FLOPs from torch's FlopCounterMode on the
+meta device, one multiply-add = 2 FLOPs; ``lit-snapvideo models`` prints this table):
+
+    preset      paper size   parameters   forward GFLOPs/video
+    unet_85m         85M        85.8M          ~206
+    unet_284m       284M       281.1M          ~412
+    fit_500m        500M       500.6M          ~243
+    fit_3_9b        3.9B      4013.0M         ~1622
+    fit_small          -         4.1M          ~1.6
+    unet_small         -         1.5M          ~1.6
+    fit_tiny / unet_tiny: unit-test sizes (well under 1M parameters; forward in milliseconds at 8 x 16 x 16).
+
+The small presets are the CPU ablation pair: same architecture families, narrow and shallow, with matched
+forward cost (~1.5 GFLOPs per 16x40x64 video) so the ablation compares them at equal steps and near-equal
+compute. fit_small keeps the paper's patch (1x4x4) and group (16x5x4 -> 8 groups) layout with 256 latents
+(32 per group); its patch side is narrow (2,560 patch tokens dominate the cost), the latents are wide.
+unet_small keeps the 3-level ADM shape at 16 base channels with attention at downsample factors 2 and 4.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .fit import FIT
+from .unet3d import UNet3D
+
+PAPER_TEXT_DIM = 1024  # T5-11B d_model (paper §3.2)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table 7: ADM U-Nets with interleaved temporal attention
+    "unet_85m": dict(kind="unet", base_channels=128, channel_mult=(1, 2, 2, 3), num_res_blocks=2,
+                     attention_resolutions=(32, 16, 8), head_channels=64, cond_dim=768, dropout=0.1),
+    "unet_284m": dict(kind="unet", base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
+                      attention_resolutions=(32, 16, 8), head_channels=64, cond_dim=768, dropout=0.1),
+    # Table 8: Snap Video FIT (6 blocks x 4 global layers, 0 local layers, patch 1x4x4, group 16x5x4)
+    "fit_500m": dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=768, latent_dim=1024,
+                     num_latents=512, cond_dim=768, num_blocks=6, global_layers=4, patch_head_dim=48,
+                     latent_head_dim=64, dropout=0.1),
+    "fit_3_9b": dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=1024, latent_dim=3072,
+                     num_latents=768, cond_dim=1024, num_blocks=6, global_layers=4, patch_head_dim=64,
+                     latent_head_dim=128, dropout=0.1),
+    # CPU ablation pair (~1.3-1.5 forward GFLOPs per 16x40x64 video each); dropout off, see the module docstring
+    "fit_small": dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=64, latent_dim=128,
+                      num_latents=256, cond_dim=128, num_blocks=2, global_layers=2, patch_head_dim=32,
+                      latent_head_dim=32, dropout=0.0),
+    "unet_small": dict(kind="unet", base_channels=8, channel_mult=(1, 1, 2, 4), num_res_blocks=1,
+                       attention_resolutions=(16, 8), head_channels=8, cond_dim=128, dropout=0.0, norm_groups=4),
+    # unit-test sizes: 8 x 16 x 16 videos
+    "fit_tiny": dict(kind="fit", input_size=(8, 16, 16), patch_size=(1, 4, 4), group_size=(8, 2, 2), patch_dim=32,
+                     latent_dim=64, num_latents=80, cond_dim=32, num_blocks=2, global_layers=1, patch_head_dim=16,
+                     latent_head_dim=16, dropout=0.0),
+    "unet_tiny": dict(kind="unet", base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(32,), head_channels=16, cond_dim=32, dropout=0.0, norm_groups=8),
+}
+
+PAPER_PRESETS = {"unet_85m": 85e6, "unet_284m": 284e6, "fit_500m": 500e6, "fit_3_9b": 3.9e9}
+ABLATION_TEXT_DIM = 256  # width of the "tiny" open_clip text tower the CPU ablations use (models/text.py)
+
+
+def reference_text_dim(preset: str) -> int:
+    """Text width a preset is documented with: T5-11B's 1024 for the paper's sizes, 256 for the CPU ones."""
+    return PAPER_TEXT_DIM if preset in PAPER_PRESETS else ABLATION_TEXT_DIM
+
+_BACKBONES = {"fit": FIT, "unet": UNet3D}
+
+
+def preset_kwargs(preset: str, overrides: dict | None = None) -> tuple[str, dict[str, Any]]:
+    """(kind, constructor kwargs) of ``preset`` with ``overrides`` applied; ValueError for unknown names/keys."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown backbone preset '{preset}'; valid presets: {', '.join(PRESETS)}")
+    kwargs = dict(PRESETS[preset])
+    kind = kwargs.pop("kind")
+    overrides = dict(overrides or {})
+    known = set(inspect.signature(_BACKBONES[kind]).parameters) - {"text_dim", "grad_checkpointing"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(
+            f"model.overrides {unknown} are not {_BACKBONES[kind].__name__} arguments; valid: {', '.join(sorted(known))}"
+        )
+    kwargs.update(overrides)
+    return kind, kwargs
+
+
+def build_backbone(preset: str, text_dim: int, overrides: dict | None = None, grad_checkpointing: bool = False,
+                   device: torch.device | str | None = None) -> nn.Module:
+    """The backbone named ``preset`` (see PRESETS), taking text embeddings of width ``text_dim``."""
+    kind, kwargs = preset_kwargs(preset, overrides)
+    with torch.device(device or "cpu"):
+        return _BACKBONES[kind](text_dim=text_dim, grad_checkpointing=grad_checkpointing, **kwargs)
+
+
+def count_parameters(preset: str | nn.Module, text_dim: int = PAPER_TEXT_DIM, overrides: dict | None = None) -> int:
+    """Trainable parameters of a preset (built on the meta device: no memory allocated) or of a module."""
+    model = preset if isinstance(preset, nn.Module) else build_backbone(preset, text_dim, overrides, device="meta")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def example_inputs(batch: int = 1, frames: int = 16, size: tuple[int, int] = (40, 64), text_len: int = 16,
+                   text_dim: int = PAPER_TEXT_DIM, device: torch.device | str | None = None,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Random (x (B,3,T,H,W), c_noise (B,), cond) for a backbone; every other sample is a still image."""
+    def randn(*shape):
+        if torch.device(device or "cpu").type == "meta":
+            return torch.empty(*shape, device="meta")
+        return torch.randn(*shape, generator=generator, device=device)
+
+    fps = torch.full((batch,), 8.0, device=device)
+    fps[1::2] = float("inf")
+    cond = {
+        "text": randn(batch, text_len, text_dim),
+        "text_mask": torch.ones(batch, text_len, dtype=torch.bool, device=device),
+        "fps": fps,
+        "orig_size": torch.tensor([[36.0, 64.0]], device=device).expand(batch, 2),
+    }
+    return randn(batch, 3, frames, *size), randn(batch), cond
+
+
+def forward_flops(model: str | nn.Module, frames: int = 16, size: tuple[int, int] = (40, 64), text_len: int = 16,
+                  text_dim: int | None = None, overrides: dict | None = None) -> int:
+    """FLOPs of one forward pass per video (batch 1), counted by FlopCounterMode on the meta device.
+
+    ``model``: a preset name (``text_dim`` defaults to the paper's 1024) or a module (copied to meta)."""
+    if isinstance(model, str):
+        text_dim = text_dim or PAPER_TEXT_DIM
+        model = build_backbone(model, text_dim, overrides, device="meta")
+    else:
+        # a CPU SDPA kernel is invisible to the counter; on meta SDPA decomposes into counted matmuls
+        text_dim = text_dim or model.cond_embed.text[1].in_features
+        model = copy.deepcopy(model).to("meta")
+    x, c_noise, cond = example_inputs(1, frames, size, text_len, text_dim, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, c_noise, cond)
+    return counter.get_total_flops()

@@ -10,8 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_snapvideo.metrics import FID, FVD, CLIPSim, clipsim, feature_stats, frechet_distance
+from lit_snapvideo.data.datasets import generate_shapes, load_records
+from lit_snapvideo.metrics import (
+    FID, FVD, CLIPSim, Probe, clipsim, feature_stats, frechet_distance, load_or_train_probe, load_probe, probe_fvd,
+    prompt_accuracy, save_probe, temporal_consistency,
+)
+from lit_snapvideo.metrics import probe as probe_lib
 from lit_snapvideo.metrics.fvd import I3D_KWARGS, to_uint8
+from lit_snapvideo.metrics.probe import ATTRIBUTES, IGNORE, augment
 
 
 # ----------------------------------------------------------------------------------------------- Fréchet distance
@@ -224,12 +230,6 @@ def test_clipsim_bad_files(tiny_clip, tmp_path):
 
 # ------------------------------------------------------------------------------------ moving-shapes probe metrics
 
-from lit_snapvideo.data.datasets import generate_shapes, load_records  # noqa: E402
-from lit_snapvideo.metrics import probe as probe_lib  # noqa: E402
-from lit_snapvideo.metrics.probe import ATTRIBUTES, IGNORE, Probe, augment  # noqa: E402
-from lit_snapvideo.metrics import (  # noqa: E402
-    load_or_train_probe, load_probe, probe_fvd, prompt_accuracy, save_probe, temporal_consistency,
-)
 
 
 def _moving_dot(dx: int, dy: int, frames: int = 16) -> torch.Tensor:
@@ -319,7 +319,7 @@ def test_probe_fvd_and_temporal_consistency():
     probe = Probe().eval()
     real_clips = _videos(40, frames=16)
     with torch.no_grad():
-        real = probe_lib.feature_stats(probe.features(real_clips))
+        real = feature_stats(probe.features(real_clips))
     probe.meta = {"reference": {"mu": real.mu, "sigma": real.sigma, "num": real.num}}
     assert abs(probe_fvd(probe, real_clips)) < 1e-6 * float(real.sigma.trace()) + 1e-9
     shifted = [probe_fvd(probe, _videos(40, frames=16, seed=7, shift=s)) for s in (0.0, 0.3, 0.6)]

@@ -1,7 +1,7 @@
 """The embedded moving-shapes set's own quality metrics, computed offline with a probe network.
 
-The moving-shapes captions name the ground truth (shape, colour, direction), so a small 3D-conv classifier
-trained on the real clips can tell whether a generated clip shows what its prompt asked for:
+The moving-shapes captions name the ground truth (shape, colour, direction), so a small video classifier
+(:class:`Probe`) trained on the real clips can tell whether a generated clip shows what its prompt asked for:
 
 * :func:`prompt_accuracy`: the share of generated clips whose predicted shape, colour and direction all match
   the prompt (and each attribute on its own). A still-image prompt has no direction: only shape and colour count.
@@ -18,7 +18,7 @@ runs of this kit against each other on the same data set and probe.
 
 Only one-object clips are used: with two objects, which one a single-label probe should name is undefined, so
 :func:`prompt_accuracy` skips two-object prompts (and says how many it scored). The probe is cached under
-``cache_dir/<hash>.pt``, keyed by the data set's manifest and every training setting, with its measured
+``cache_dir/<hash>.pt``, keyed by the data set's records and every training setting, with its measured
 validation accuracy, its training time and the real reference statistics.
 """
 
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from ..data.datasets import COLORS, DIRECTIONS, SHAPES, ClipDataset, Record, SkipLog, load_records, parse_caption
 from ..data.video import crop_padding
@@ -160,8 +160,10 @@ def _decode(records: Sequence[Record], frames: int, size: Sequence[int], fps_cho
         for batch in loader:
             videos.append(((batch["video"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
             captions += batch["caption"]
-    labels = [caption_labels(c) for c in captions]  # a bad file is replaced by another one-object clip
-    return torch.cat(videos), {name: torch.tensor([lab[name] for lab in labels]) for name in labels[0]}
+    labels = [caption_labels(c) for c in captions]
+    keep = [i for i, lab in enumerate(labels) if lab is not None]  # a bad file's stand-in may have two objects
+    labels = [labels[i] for i in keep]
+    return torch.cat(videos)[keep], {name: torch.tensor([lab[name] for lab in labels]) for name in labels[0]}
 
 
 def _as_float(clips: torch.Tensor) -> torch.Tensor:
@@ -313,7 +315,8 @@ def load_or_train_probe(root: str | os.PathLike, manifest: Optional[str] = None,
                         cache_dir: str | os.PathLike = ".cache/probe", **train_kwargs) -> Probe:
     """The probe for the data set at ``root``: read from ``cache_dir/<hash>.pt`` when the data set (its
     records) and every training setting match, trained with :func:`train_probe` and cached otherwise."""
-    key = {"version": PROBE_VERSION, "data": data_fingerprint(root, manifest), **train_kwargs}
+    settings = {k: v for k, v in train_kwargs.items() if k != "num_workers"}  # workers do not change the probe
+    key = {"version": PROBE_VERSION, "data": data_fingerprint(root, manifest), **settings}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{digest}.pt"
     if path.is_file():
@@ -342,6 +345,7 @@ def prompt_accuracy(probe: Probe, videos: torch.Tensor, prompts: Sequence[str]) 
     if not keep:
         raise ValueError("prompt_accuracy: no one-object prompts to score")
     targets = {name: torch.tensor([labels[i][name] for i in keep]) for name in ATTRIBUTES}
+    # quantised like the decoded real clips the probe was measured on
     uint8 = ((probe.prepare(videos[keep]).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     acc = attribute_accuracy(probe, uint8, targets)
     return {"prompt_accuracy": acc["all"], **{f"{n}_accuracy": acc[n] for n in ATTRIBUTES}, "num_scored": len(keep)}

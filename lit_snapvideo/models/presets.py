@@ -62,8 +62,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fit_tiny": dict(kind="fit", input_size=(8, 16, 16), patch_size=(1, 4, 4), group_size=(8, 2, 2), patch_dim=32,
                      latent_dim=64, num_latents=80, cond_dim=32, num_blocks=2, global_layers=1, patch_head_dim=16,
                      latent_head_dim=16, dropout=0.0),
-    "unet_tiny": dict(kind="unet", base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                      attention_resolutions=(32,), head_channels=16, cond_dim=32, dropout=0.0, norm_groups=8),
+    "unet_tiny": dict(kind="unet", base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(32,), head_channels=8, cond_dim=32, dropout=0.0, norm_groups=4),
 }
 
 PAPER_PRESETS = {"unet_85m": 85e6, "unet_284m": 284e6, "fit_500m": 500e6, "fit_3_9b": 3.9e9}

@@ -369,7 +369,7 @@ def test_load_or_train_probe_trains_once_then_reads_the_cache(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_probe_learns_the_attributes_and_prompt_accuracy_tracks_the_captions(tmp_path):
-    """The default recipe on a 2400+256 clip set: ~11 min on 2 shared CPU cores (measured: all-attribute
+    """The default recipe on a 2400+256 clip set: ~14 min with generation on 2 shared CPU cores (measured: all-attribute
     validation accuracy 0.95)."""
     root = tmp_path / "shapes"
     generate_shapes(root, n_train=2400, n_val=256, seed=0)

@@ -137,6 +137,56 @@ def _run_fit(args: argparse.Namespace) -> None:
           f"{summary['final_val_loss']}, run directory {run_dir}")
 
 
+# ---- evaluate ---------------------------------------------------------------------------------
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="sample a checkpoint on validation captions and score it (metrics.json)",
+        description="Generate videos for the run's validation captions and score them. Offline by default: the "
+        "embedded set's probe metrics (prompt accuracy, probe-FVD, temporal consistency; they do not compare with "
+        "published FVD). With detector files you bring: FVD (TorchScript I3D, stylegan-v protocol), per-frame FID "
+        "(TorchScript Inception), CLIPSIM (open_clip checkpoint). Writes metrics.json in the run directory.")
+    p.add_argument("checkpoint", help="a .ckpt written by lit-snapvideo fit")
+    p.add_argument("--num-videos", type=int, default=32, help="videos per seed (default 32)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds; metrics report mean and std")
+    p.add_argument("--steps", type=int, default=32, help="Heun steps (default 32)")
+    p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance weight")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--fvd-detector", help="path to a TorchScript I3D (i3d_torchscript.pt)")
+    p.add_argument("--fid-detector", help="path to a TorchScript Inception feature network")
+    p.add_argument("--clip-model", help="open_clip model name for CLIPSIM, e.g. ViT-B-32")
+    p.add_argument("--clip-checkpoint", help="path to that open_clip model's weights")
+    p.add_argument("--out", help="metrics file (default: <run dir>/metrics.json)")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from .metrics.evaluate import evaluate_checkpoint
+
+    if args.num_videos < 1 or args.steps < 1:
+        raise UserError(f"--num-videos and --steps must be >= 1 (got {args.num_videos}, {args.steps})")
+    if bool(args.clip_model) != bool(args.clip_checkpoint):
+        raise UserError("CLIPSIM needs both --clip-model and --clip-checkpoint")
+    for flag in ("fvd_detector", "fid_detector", "clip_checkpoint"):
+        path = getattr(args, flag)
+        if path:
+            from pathlib import Path
+
+            if not Path(path).is_file():
+                raise UserError(f"--{flag.replace('_', '-')} {path}: file not found")
+    _load_checkpoint(args.checkpoint)  # clear errors for a missing or foreign checkpoint before any work
+    try:
+        metrics = evaluate_checkpoint(args.checkpoint, args.num_videos, args.steps, args.cfg, args.seeds,
+                                      args.batch_size, args.fvd_detector, args.fid_detector, args.clip_model,
+                                      args.clip_checkpoint, out=args.out)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
+
+
 # ---- compare ----------------------------------------------------------------------------------
 
 
@@ -366,7 +416,7 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_compare, _add_models, _add_bench]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_evaluate, _add_compare, _add_models, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,122 @@
+"""``lit-snapvideo evaluate``: sample a checkpoint on validation captions and score the samples.
+
+Always (offline): the embedded set's probe metrics (prompt accuracy, probe-FVD, temporal consistency), when the
+run's data set is the embedded moving-shapes set (its captions carry the ground truth). With the detector files a
+user brings: FVD (stylegan-v protocol, TorchScript I3D), per-frame FID (TorchScript Inception) and CLIPSIM (open_clip).
+FVD is named after the number of videos it used (``fvd{N}_16f``) and reported as mean and std over sampling seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..data.datasets import load_records
+from ..data.video import crop_padding
+
+log = logging.getLogger(__name__)
+
+
+def validation_prompts(root: str, manifest: Optional[str], n: int) -> list[str]:
+    """The first ``n`` one-object video captions of the validation split (ground truth for the probe)."""
+    _, val = load_records(root, manifest)
+    captions = [r.caption for r in val if not r.is_image and " and a " not in r.caption]
+    if not captions:
+        raise ValueError(f"{root}: no one-object validation video captions to evaluate with")
+    return (captions * (n // len(captions) + 1))[:n]
+
+
+def generate_videos(module: Any, prompts: Sequence[str], steps: int, cfg_scale: float, seed: int, batch_size: int,
+                    progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+    """(N, 3, T, h, w) samples in [-1, 1], padding cropped, ``batch_size`` prompts per sampler call."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        video = module.generate(chunk, steps=steps, cfg_scale=cfg_scale, seed=seed * 100_003 + start)
+        out.append(crop_padding(video, tuple(module.cfg.data.size)).cpu())
+        if progress:
+            progress(len(chunk))
+    return torch.cat(out)
+
+
+def probe_metrics(probe: Any, videos: torch.Tensor, prompts: Sequence[str]) -> dict:
+    from .probe import probe_fvd, prompt_accuracy, temporal_consistency
+
+    metrics = {f"probe/{k}": v for k, v in prompt_accuracy(probe, videos, prompts).items()}
+    metrics["probe/fvd"] = probe_fvd(probe, videos)
+    metrics["probe/temporal_consistency"] = temporal_consistency(videos)
+    metrics["probe/real_temporal_consistency"] = probe.meta["reference"]["temporal_consistency"]
+    return metrics
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    num_videos: int = 32,
+    steps: int = 32,
+    cfg_scale: float = 2.0,
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 8,
+    fvd_detector: Optional[str] = None,
+    fid_detector: Optional[str] = None,
+    clip_model: Optional[str] = None,
+    clip_checkpoint: Optional[str] = None,
+    probe_cache: str = ".cache/probe",
+    out: Optional[str] = None,
+    progress: bool = True,
+) -> dict:
+    """Score ``checkpoint``; writes ``metrics.json`` beside the run's summary (or to ``out``) and returns it."""
+    from tqdm import tqdm
+
+    from ..module import load_module
+
+    module = load_module(checkpoint)
+    cfg = module.cfg
+    prompts = validation_prompts(cfg.data.root, cfg.data.manifest, num_videos)
+    bar = tqdm(total=len(prompts) * len(seeds), desc="evaluate: sampling", unit="video", disable=not progress)
+    sets = [generate_videos(module, prompts, steps, cfg_scale, s, batch_size, bar.update) for s in seeds]
+    bar.close()
+    metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "num_videos": len(prompts), "seeds": list(seeds),
+                               "steps": steps, "cfg_scale": cfg_scale}
+    from .probe import load_or_train_probe
+
+    probe = load_or_train_probe(cfg.data.root, cfg.data.manifest, cache_dir=probe_cache)
+    metrics["probe/val_accuracy"] = probe.meta.get("val_accuracy")
+    per_seed = [probe_metrics(probe, videos, prompts) for videos in sets]
+    for key in per_seed[0]:
+        values = torch.tensor([m[key] for m in per_seed], dtype=torch.float64)
+        metrics[key] = float(values.mean())
+        if len(per_seed) > 1:
+            metrics[f"{key}_std"] = float(values.std())
+    if fvd_detector or fid_detector:
+        from ..data.datamodule import EDMDataModule
+
+        dm = EDMDataModule(cfg)
+        dm.setup("validate")
+        real = torch.cat([crop_padding(b["video"], tuple(cfg.data.size)) for b in dm.val_dataloader()])
+    if fvd_detector:
+        from .fvd import FVD
+        from .probe import data_fingerprint
+
+        fvd = FVD(fvd_detector, num_videos=min(len(prompts), len(real)), frames=cfg.data.frames)
+        real_stats = fvd.real_stats(real, key=f"{data_fingerprint(cfg.data.root)}-val-{len(real)}")
+        metrics.update(fvd.score(sets, real_stats))
+    if fid_detector:
+        from .fid import FID
+
+        fid = FID(fid_detector)
+        fid.update_real(real)
+        metrics.update(fid.score(sets))
+    if clip_model and clip_checkpoint:
+        from .clipsim import CLIPSim, clipsim
+
+        scorer = CLIPSim(clip_model, clip_checkpoint)
+        values = [clipsim(scorer, [(videos, prompts)]) for videos in sets]
+        metrics["clipsim"] = sum(values) / len(values)
+    path = Path(out) if out else Path(checkpoint).resolve().parent.parent / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    metrics["metrics_file"] = str(path)
+    return metrics

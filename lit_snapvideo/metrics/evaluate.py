@@ -43,6 +43,14 @@ def generate_videos(module: Any, prompts: Sequence[str], steps: int, cfg_scale: 
     return torch.cat(out)
 
 
+def probe_for(cfg: Any, cache_dir: str = ".cache/probe", **train_kwargs: Any) -> Any:
+    """The (cached) probe for a run's data set, at the run's clip shape and validation frame rate."""
+    from .probe import load_or_train_probe
+
+    return load_or_train_probe(cfg.data.root, cfg.data.manifest, cache_dir=cache_dir, frames=cfg.data.frames,
+                               size=list(cfg.data.size), val_fps=cfg.data.val_fps, **train_kwargs)
+
+
 def probe_metrics(probe: Any, videos: torch.Tensor, prompts: Sequence[str]) -> dict:
     from .probe import probe_fvd, prompt_accuracy, temporal_consistency
 
@@ -67,6 +75,7 @@ def evaluate_checkpoint(
     probe_cache: str = ".cache/probe",
     out: Optional[str] = None,
     progress: bool = True,
+    probe_kwargs: Optional[dict] = None,
 ) -> dict:
     """Score ``checkpoint``; writes ``metrics.json`` beside the run's summary (or to ``out``) and returns it."""
     from tqdm import tqdm
@@ -81,9 +90,7 @@ def evaluate_checkpoint(
     bar.close()
     metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "num_videos": len(prompts), "seeds": list(seeds),
                                "steps": steps, "cfg_scale": cfg_scale}
-    from .probe import load_or_train_probe
-
-    probe = load_or_train_probe(cfg.data.root, cfg.data.manifest, cache_dir=probe_cache)
+    probe = probe_for(cfg, probe_cache, **(probe_kwargs or {}))
     metrics["probe/val_accuracy"] = probe.meta.get("val_accuracy")
     per_seed = [probe_metrics(probe, videos, prompts) for videos in sets]
     for key in per_seed[0]:

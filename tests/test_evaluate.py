@@ -1,0 +1,53 @@
+"""`evaluate` on a real tiny checkpoint: probe metrics offline, FVD with a tiny saved TorchScript detector."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lit_snapvideo.cli import main
+from lit_snapvideo.metrics.evaluate import evaluate_checkpoint
+
+
+class TinyI3D(nn.Module):
+    """Stands in for stylegan-v's TorchScript I3D: same call signature, (B, 3, T, H, W) uint8-range in."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(3, 8)
+
+    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = True):
+        x = x.float() / 255.0
+        pooled = x.mean(dim=(2, 3, 4))  # (B, 3)
+        return torch.cat([self.proj(pooled), x.std(dim=(1, 2, 3, 4), keepdim=False)[:, None]], dim=1)
+
+
+@pytest.fixture(scope="module")
+def i3d_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("det") / "i3d_torchscript.pt"
+    torch.jit.script(TinyI3D()).save(str(path))
+    return path
+
+
+def test_evaluate_writes_probe_and_fvd_metrics(tiny_checkpoint, tmp_path, i3d_file):
+    out = tmp_path / "metrics.json"
+    metrics = evaluate_checkpoint(str(tiny_checkpoint), num_videos=3, steps=2, seeds=(0, 1), batch_size=3,
+                                  fvd_detector=str(i3d_file), probe_cache=str(tmp_path / "probe"), out=str(out),
+                                  progress=False, probe_kwargs={"steps": 3, "batch_size": 4, "max_train": 16})
+    saved = json.loads(out.read_text())
+    for key in ("probe/prompt_accuracy", "probe/fvd", "probe/temporal_consistency", "probe/val_accuracy",
+                "fvd2_8f", "fvd2_8f_std"):  # 2 real validation clips of 8 frames
+        assert key in saved, key
+    assert 0.0 <= saved["probe/prompt_accuracy"] <= 1.0
+    assert saved["probe/fvd"] >= 0 and saved["fvd2_8f"] >= 0
+    assert len(saved["fvd2_8f_per_seed"]) == 2 and saved["num_videos"] == 3
+
+
+def test_evaluate_cli_errors(tiny_checkpoint, tmp_path, capsys):
+    assert main(["evaluate", str(tiny_checkpoint), "--fvd-detector", str(tmp_path / "missing.pt")]) == 2
+    assert "--fvd-detector" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "none.ckpt")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_checkpoint), "--clip-model", "ViT-B-32"]) == 2
+    assert "--clip-checkpoint" in capsys.readouterr().err

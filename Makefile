@@ -55,14 +55,14 @@ tensorboard: $(STAMP) ## serve TensorBoard on runs/ (http://localhost:6006)
 
 # ---- throughput (issue 7: paper Table 2 speed columns, FIT/U-Net ratios, MFU, scaling curves) ----
 .PHONY: bench bench-table bench-paper bench-scaling
-BENCH_BUDGET ?= 480
-SCALING_BUDGET ?= 300
+BENCH_BUDGET ?= 540
+SCALING_BUDGET ?= 270
 bench: $(STAMP) ## CPU: results/throughput.{csv,md} + results/scaling.{csv,png} (within ~15 min on 2 cores)
 	$(MAKE) bench-table
 	$(MAKE) bench-scaling
 
 bench-table: $(STAMP) ## the throughput table: small pair (batch 4, all phases) + paper presets that fit (eval only on CPU)
-	$(CLI) bench --batch fit_small=4 --batch unet_small=4 --time-budget $(BENCH_BUDGET) $(ARGS)
+	$(CLI) bench --batch fit_small=4 --batch unet_small=4 --sample-steps 4 --time-budget $(BENCH_BUDGET) $(ARGS)
 
 bench-paper: $(STAMP) ## GPU: the four paper presets at 16x40x64, bf16, batch 8, all phases -> results/gpu/
 	$(CLI) bench --presets unet_85m,unet_284m,fit_500m,fit_3_9b --precision bf16 --batch-size 8 --phases eval,sample,train --paper-phases eval,sample,train --out results/gpu $(ARGS)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import json
+import math
 import os
 import platform
 import resource
@@ -52,7 +52,7 @@ from .models.presets import (PAPER_PRESETS, PAPER_TEXT_DIM, PRESETS, build_backb
 from .models.text import TINY_TEXT_CFG
 from .report import PAPER_TABLE2, fmt, human_count
 
-PHASES = ("eval", "sample", "train")  # measured in this order: CPU peak RSS only grows (see measure_job)
+PHASES = ("eval", "sample", "train")  # measured in this order (ru_maxrss fallback of PeakMemory only grows)
 PAPER_MODEL_NAMES = {"unet_85m": "U-Net 85M", "unet_284m": "U-Net 284M", "fit_500m": "Snap Video FIT 500M",
                      "fit_3_9b": "Snap Video FIT 3.9B"}
 PAPER_ROWS = {preset: next(r for r in PAPER_TABLE2 if r["model"] == name) for preset, name in PAPER_MODEL_NAMES.items()}
@@ -199,11 +199,13 @@ def activation_bytes(preset: str, batch: int, frames: int, size: tuple[int, int]
     tokens, dim = text_shape(preset)
     model = build_backbone(preset, dim, overrides, device="meta")
     x, c_noise, cond = example_inputs(batch, frames, size, tokens, dim, device="meta")
+    weights = {id(p) for p in model.parameters()}  # saved weights are counted with the parameters, not here
     saved = 0
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         nonlocal saved
-        saved += t.numel() * t.element_size()
+        if id(t) not in weights and (t._base is None or id(t._base) not in weights):
+            saved += t.numel() * t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -632,15 +634,16 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
         f"- Peak memory, GiB: {MEMORY_KINDS.get(rows[0].get('memory_kind') if rows else None, '-')}.",
         f"- Command: `{command}`", "",
         "| Model | Params | Fwd GFLOPs/video | Train ms/video | Paper train (A100) | Infer ms/video/eval | "
-        "Paper infer (A100) | Sample ms/video | Train TFLOP/s (MFU) | Eval TFLOP/s (MFU) | Peak mem GiB "
+        f"Paper infer (A100) | Sample ms/video ({settings.sample_steps} Heun steps, CFG) | Train TFLOP/s (MFU) | "
+        "Eval TFLOP/s (MFU) | Peak mem GiB "
         "(eval/sample/train) | Notes |",
         "|" + "---|" * 12,
     ]
     for r in rows:
-        name = PAPER_MODEL_NAMES.get(r["preset"], r["preset"])
+        name = f"{PAPER_MODEL_NAMES[r['preset']]} (`{r['preset']}`)" if r["preset"] in PAPER_MODEL_NAMES else f"`{r['preset']}`"
         mfu = lambda p: f"{r[f'{p}_tflops']:.3f} ({100 * r[f'{p}_mfu']:.1f}%)" if r.get(f"{p}_tflops") is not None else "-"
         mem = "/".join(fmt(r.get(f"peak_mem_{p}_gib")) for p in PHASES)
-        lines.append(f"| {name} (`{r['preset']}`) | {human_count(r['params'])} | {r['fwd_gflops_per_video']:.1f} | "
+        lines.append(f"| {name} | {human_count(r['params'])} | {r['fwd_gflops_per_video']:.1f} | "
                      f"{_cell(r, 'train')} | {fmt(r.get('paper_train_ms'), 1)} | {_cell(r, 'eval')} | "
                      f"{fmt(r.get('paper_infer_ms'), 1)} | {_cell(r, 'sample')} | {mfu('train')} | {mfu('eval')} | "
                      f"{mem} | {r['notes'] or ''} |")
@@ -769,18 +772,22 @@ def plot_scaling(rows: list[dict], path: Path, base_size: tuple[int, int], title
                 mem = [(x, r["peak_mem_gib"]) for x, r in zip(xs, series) if (r["peak_mem_gib"] or 0) > 0]
                 if mem:
                     axes[1, col].plot(*zip(*mem), style, color=f"C{color}", label=label)
-    titles = [f"against frames ({base_size[0]}x{base_size[1]}, padded)", "against pixels per frame (16 frames)"]
+    titles = [f"against frames ({base_size[0]}x{base_size[1]}, padded)", "against resolution (16 frames)"]
     for col in range(2):
         for row_i, ylabel in enumerate(("ms / video", "peak memory (GiB)")):
             ax = axes[row_i, col]
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_ylabel(ylabel)
-            ax.set_xlabel("frames" if col == 0 else "pixels per frame (padded H x W)")
+            ax.set_xlabel("frames" if col == 0 else "frame size H x W (padded; axis: pixels per frame)")
             ax.set_title(f"{ylabel.split(' (')[0]} {titles[col]}")
             ax.grid(True, which="both", alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=8)
+    sizes = sorted({(r["padded_height"] * r["padded_width"], f"{r['height']}x{r['width']}") for r in rows if r["frames"] == 16})
+    for ax in axes[:, 1]:  # label the resolution axis with the nominal sizes
+        ax.set_xticks([x for x, _ in sizes], [label for _, label in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def test_bench_on_tiny_presets_writes_both_tables(tmp_path):
     assert unet["work"]["train"] == pytest.approx(3 * unet["work"]["eval"])
     md = (tmp_path / "throughput.md").read_text()
     for needed in ("Hardware:", "torch 2.", "thread(s)", "Precision: fp32", "batch sizes: fit_tiny 2, unet_tiny 2",
-                   "Load average", "Paper train (A100)", "matmul probe", "| fit_tiny (`fit_tiny`) |"):
+                   "Load average", "Paper train (A100)", "matmul probe", "| `fit_tiny` |"):
         assert needed in md, needed
 
 
@@ -55,9 +55,10 @@ def test_scaling_sweep_writes_csv_and_plot(tmp_path):
     assert {(r["frames"], r["height"], r["width"]) for r in rows} == {("4", "16", "16"), ("8", "16", "16"),
                                                                      ("16", "16", "16"), ("16", "16", "32")}
     assert all(float(r["ms"]) > 0 and float(r["peak_mem_gib"]) > 0 for r in rows)
-    # the cost grows with the clip: the FLOPs per video double from 16x16 to 16x32 pixels (U-Net: convolutions)
-    unet = {(r["frames"], r["width"]): float(r["fwd_gflops_per_video"]) for r in rows if r["preset"] == "unet_tiny"}
-    assert unet[("16", "32")] == pytest.approx(2 * unet[("16", "16")], rel=0.05)
+    # the counted cost grows with the clip, for both architectures
+    for preset in ("fit_tiny", "unet_tiny"):
+        gflops = {(r["frames"], r["width"]): float(r["fwd_gflops_per_video"]) for r in rows if r["preset"] == preset}
+        assert gflops[("4", "16")] < gflops[("8", "16")] < gflops[("16", "16")] < gflops[("16", "32")]
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

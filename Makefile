@@ -69,3 +69,18 @@ bench-paper: $(STAMP) ## GPU: the four paper presets at 16x40x64, bf16, batch 8,
 
 bench-scaling: $(STAMP) ## ms/video + peak memory vs frames (4-32) and resolution (36x64-144x256): results/scaling.{csv,png}
 	$(CLI) bench --scaling --time-budget $(SCALING_BUDGET) $(ARGS)
+
+# ---- evaluation (offline probe metrics; FVD/FID/CLIPSIM need your detector files: EVAL_ARGS="--fvd-detector i3d.pt") ----
+.PHONY: evaluate ablation-sigma
+evaluate: $(STAMP) ## score both ablation runs (runs/{fit,unet}/version_0) -> metrics.json, then make compare
+	$(CLI) evaluate runs/fit/version_0/checkpoints/last.ckpt $(EVAL_ARGS)
+	$(CLI) evaluate runs/unet/version_0/checkpoints/last.ckpt $(EVAL_ARGS)
+	$(MAKE) compare
+
+SIGMA_ROWS := edm_original sigma_data_0_5 sigma_in_2 images_not_videos ours
+ablation-sigma: $(SHAPES) ## Table 3 at CPU scale: train + evaluate 5 framework variants -> results/sigma_ablation.md
+	for row in $(SIGMA_ROWS); do \
+	  $(CLI) fit experiments/sigma/$$row.yaml $(ARGS) && \
+	  $(CLI) evaluate runs/sigma_$$row/version_0/checkpoints/last.ckpt $(EVAL_ARGS) || exit 1; \
+	done
+	$(CLI) compare $(foreach r,$(SIGMA_ROWS),runs/sigma_$(r)/version_0) --table sigma --out results/sigma_ablation.md

@@ -196,13 +196,16 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                        "write a markdown table with the paper's Table 2 rows beside.")
     p.add_argument("runs", nargs="+", help="run directories, e.g. runs/fit/version_0 runs/unet/version_0")
     p.add_argument("--out", default="results/ablation.md", help="markdown file to write (default results/ablation.md)")
+    p.add_argument("--table", choices=("architectures", "sigma"), default="architectures",
+                   help="architectures: paper Table 2 layout; sigma: Table 3 (runs named sigma_*)")
     p.set_defaults(run=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> None:
-    from .report import compare_runs
+    from .report import compare_runs, sigma_report
 
-    print(compare_runs(args.runs, args.out), end="")
+    report = sigma_report if args.table == "sigma" else compare_runs
+    print(report(args.runs, args.out), end="")
     print(f"wrote {args.out}")
 
 

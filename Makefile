@@ -38,11 +38,15 @@ $(SHAPES): | $(STAMP)
 
 # ---- training (issue: one EDM LightningModule; runs under runs/<experiment>/version_0, reruns resume) ----
 .PHONY: ablation ablation-fit ablation-unet compare tensorboard
-ablation-fit: $(SHAPES) ## train the FIT ablation (CPU scale): runs/fit/version_0 (rerun resumes)
+ablation-fit: probe ## train the FIT ablation (CPU scale): runs/fit/version_0 (rerun resumes)
 	$(CLI) fit experiments/ablation/fit.yaml $(ARGS)
 
-ablation-unet: $(SHAPES) ## train the 3D U-Net ablation on the same data, steps and seed: runs/unet/version_0
+ablation-unet: probe ## train the 3D U-Net ablation on the same data, steps and seed: runs/unet/version_0
 	$(CLI) fit experiments/ablation/unet.yaml $(ARGS)
+
+.PHONY: probe
+probe: $(SHAPES) ## train (once; cached in .cache/probe) the probe network that scores samples of the embedded set
+	$(CLI) probe experiments/ablation/fit.yaml
 
 ablation: ablation-fit ablation-unet ## both ablation runs, then results/ablation.md
 	$(MAKE) compare

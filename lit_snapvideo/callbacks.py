@@ -155,3 +155,45 @@ class SkippedFiles(L.Callback):
         dm = trainer.datamodule
         if dm is not None and hasattr(dm, "skipped_files") and trainer.global_step % trainer.log_every_n_steps == 0:
             module.log("data/skipped_files", float(dm.skipped_files()), prog_bar=True, on_step=True, on_epoch=False)
+
+
+class SampleQuality(L.Callback):
+    """Every ``every_n_steps`` (and at the end): sample ``num_videos`` validation captions (fixed seed, EMA weights)
+    and log the embedded set's probe metrics: ``quality/prompt_accuracy`` and ``quality/probe_fvd`` (comparable
+    across runs and backbones at equal ``num_videos``; not comparable with published FVD). The probe is trained once
+    per data set and cached (``lit-snapvideo probe`` trains it ahead of a run)."""
+
+    def __init__(self, every_n_steps: int, num_videos: int, steps: int, cfg_scale: float, seed: int = 0) -> None:
+        self.every, self.num_videos, self.steps, self.cfg_scale, self.seed = every_n_steps, num_videos, steps, cfg_scale, seed
+        self.probe: Any = None
+        self.prompts: list[str] = []
+        self.last_step = -1
+
+    def on_fit_start(self, trainer: L.Trainer, module: Any) -> None:
+        from .metrics.evaluate import probe_for, validation_prompts
+
+        cfg = module.cfg
+        self.prompts = validation_prompts(cfg.data.root, cfg.data.manifest, self.num_videos)
+        self.probe = probe_for(cfg)
+
+    def _score(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.global_step == self.last_step or self.probe is None:
+            return
+        self.last_step = trainer.global_step
+        from .metrics.evaluate import generate_videos, probe_metrics
+
+        videos = generate_videos(module, self.prompts, self.steps, self.cfg_scale, self.seed, batch_size=8)
+        metrics = probe_metrics(self.probe, videos, self.prompts)
+        values = {"quality/prompt_accuracy": metrics["probe/prompt_accuracy"],
+                  "quality/probe_fvd": metrics["probe/fvd"],
+                  "quality/temporal_consistency": metrics["probe/temporal_consistency"]}
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every > 0 and trainer.global_step % self.every == 0 and trainer.global_step > 0:
+            self._score(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        if self.every > 0:
+            self._score(trainer, module)

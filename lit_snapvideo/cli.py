@@ -187,6 +187,36 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
 
 
+# ---- probe ------------------------------------------------------------------------------------
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="train (or load) the embedded set's probe network for an experiment's data",
+                       description="The probe (a small video classifier of shape, colour and direction) scores "
+                       "samples offline: prompt accuracy and probe-FVD. It is cached per data set in .cache/probe; "
+                       "this command trains it ahead of a run and prints its validation accuracy.")
+    p.add_argument("config", help="experiment YAML whose data set the probe is for")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    p.set_defaults(run=_run_probe)
+
+
+def _run_probe(args: argparse.Namespace) -> None:
+    import logging
+
+    from .config import load_config
+    from .metrics.evaluate import probe_for
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, args.overrides)
+    try:
+        probe = probe_for(cfg)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    acc = probe.meta.get("val_accuracy", {})
+    print("probe validation accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+          + f" (trained in {probe.meta.get('train_seconds', 0):.0f} s)")
+
+
 # ---- compare ----------------------------------------------------------------------------------
 
 
@@ -419,7 +449,7 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_evaluate, _add_compare, _add_models, _add_bench]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_evaluate, _add_probe, _add_compare, _add_models, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

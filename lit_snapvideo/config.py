@@ -163,6 +163,10 @@ class LoggingConfig:
     sample_fps: Optional[float] = None  # frame-rate conditioning of samples; null: data.val_fps
     sample_orig_size: List[int] = field(default_factory=lambda: [108, 192])  # "original resolution" token (H, W)
     mfu_peak_tflops: Optional[float] = None  # hardware peak for MFU; unknown -> MFU not logged
+    # quality during training (embedded moving-shapes set only): probe metrics on validation captions
+    quality_every_n_steps: int = 0  # 0: off
+    quality_num_videos: int = 8
+    quality_steps: int = 16
 
 
 @dataclass

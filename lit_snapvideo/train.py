@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from .callbacks import SampleVideos, SkippedFiles, Throughput
+from .callbacks import SampleQuality, SampleVideos, SkippedFiles, Throughput
 from .config import save_config
 from .data.datamodule import EDMDataModule
 from .module import EDMVideoModule, module_for
@@ -73,6 +73,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable
     samples = SampleVideos(cfg.logging.sample_every_n_steps, list(cfg.logging.sample_prompts), cfg.logging.sample_steps,
                            cfg.logging.sample_cfg, cfg.logging.sample_seed, run_dir / "samples")
     callbacks = [checkpoint, throughput, samples, SkippedFiles(), LearningRateMonitor(logging_interval="step")]
+    if cfg.logging.quality_every_n_steps > 0:
+        callbacks.append(SampleQuality(cfg.logging.quality_every_n_steps, cfg.logging.quality_num_videos,
+                                       cfg.logging.quality_steps, cfg.logging.sample_cfg, cfg.logging.sample_seed))
     if enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
     kwargs = dict(

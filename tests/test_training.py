@@ -41,15 +41,22 @@ def test_lr_schedule_warmup_then_cosine(shapes_root, tmp_path):
     assert m.lr_factor(60) == pytest.approx(0.5) and m.lr_factor(110) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path):
+def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, monkeypatch):
+    from lit_snapvideo.metrics import evaluate, probe
+
+    # the real probe class, trained for a few steps only (the default recipe takes minutes)
+    tiny_probe = probe.train_probe(shapes_root, frames=8, size=(16, 16), steps=3, batch_size=4, max_train=16,
+                                   num_workers=0, work_dir=tmp_path / "probe")
+    monkeypatch.setattr(evaluate, "probe_for", lambda cfg, *a, **k: tiny_probe)
     cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
         "trainer.max_steps": 4, "trainer.val_every_n_steps": 2, "logging.sample_every_n_steps": 2,
-        "logging.experiment": "tb"}))
+        "logging.experiment": "tb", "logging.quality_every_n_steps": 2, "logging.quality_num_videos": 2,
+        "logging.quality_steps": 2}))
     run_dir = fit(cfg, enable_progress_bar=False)
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
     for tag in ("train/loss", "train/lr", "train/grad_norm", "val/loss", "perf/ms_per_video", "perf/videos_per_s",
-                "perf/peak_memory_gib", "data/skipped_files"):
+                "perf/peak_memory_gib", "data/skipped_files", "quality/prompt_accuracy", "quality/probe_fvd"):
         assert tag in scalars, (tag, sorted(scalars))
     assert any(t.startswith("train/loss_sigma_q") for t in scalars)
     images = events.Images("samples/grid")

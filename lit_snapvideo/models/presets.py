@@ -32,10 +32,11 @@ forward FLOPs (1.3-1.5 GFLOPs per video) so the ablation compares them at equal 
 * Dropout is 0 in both (0.1 in the paper presets): dropout masks on the large activations cost as much as
   the small presets' matmuls on this CPU (FIT-small step 2.1 s with dropout 0.1 against 0.8 s without, same
   load), and a 2,000-step ablation is far from overfitting. ``model.overrides.dropout=0.1`` turns it back on.
-* Measured train step, batch 8, fp32, forward + backward + Adam, on the shared 2-core CPU (load 4-6 from
-  other jobs, 1 torch thread; 2 threads ran 8-10x slower under that load): fit_small 0.9 s (1.3 s with the
-  no-grad self-conditioning pass), unet_small 2.5 s. The U-Net reaches ~13 GFLOP/s against FIT's ~37: its
-  convolutions, GroupNorms and element-wise ops over narrow full-resolution maps are memory bound.
+* Measured train step, batch 8 of 16x40x64, fp32, forward + backward + Adam, on the shared 2-core CPU with
+  other jobs running (load ~2.6), 1 torch thread: fit_small 0.71 s (1.05 s with the no-grad self-conditioning
+  pass), unet_small 1.61 s; i.e. ~45 and ~20 GFLOP/s of training work. The U-Net's convolutions, GroupNorms
+  and element-wise ops over narrow full-resolution maps are memory bound. With 2 torch threads the same steps
+  took 3.4 s and 6.0 s: on a busy machine the OpenMP threads wait on each other, so train with 1 thread there.
 """
 
 from __future__ import annotations

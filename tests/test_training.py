@@ -106,9 +106,12 @@ class NaNAfter(torch.nn.Module):
     def __init__(self, inner, start):
         super().__init__()
         self.inner, self.start, self.calls = inner, start, 0
+        self.snapshot = None  # the weights when the first NaN came out
 
     def forward(self, x, c_noise, cond, self_cond=None):
         self.calls += 1
+        if self.calls == self.start:
+            self.snapshot = {k: v.detach().clone() for k, v in self.inner.state_dict().items()}
         F, state = self.inner(x, c_noise, cond, self_cond)
         return (F * float("nan") if self.calls >= self.start else F), state
 
@@ -127,8 +130,9 @@ def test_nonfinite_loss_skips_then_stops(shapes_root, tmp_path):
                                enable_checkpointing=False, callbacks=[])
     with pytest.raises(NonFiniteLossError, match="3 steps in a row.*optim.lr"):
         trainer.fit(module, datamodule=EDMDataModule(cfg))
-    assert module.nonfinite_total == 3
-    assert trainer.global_step == 2  # the NaN steps made no optimiser step
+    assert module.nonfinite_total == 3 and module.backbone.calls == 2 + 3
+    for key, value in module.backbone.inner.state_dict().items():  # the NaN steps changed no weight
+        assert torch.equal(value, module.backbone.snapshot[key]), key
 
 
 def test_checkpoint_loads_back_and_has_clean_keys(shapes_root, tmp_path):

@@ -33,6 +33,14 @@ def human_count(n: Optional[float]) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
+def write_markdown(lines: list[str], out: str | Path) -> str:
+    text = "\n".join(lines) + "\n"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
+
+
 def load_run(run_dir: str | Path) -> dict:
     """summary.json (+ metrics.json when present) of a run directory; a clear error when it has none."""
     run_dir = Path(run_dir)
@@ -81,11 +89,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:
               "(comparable across backbones trained with the same sigma_in and sigma_data). Quality columns come "
               "from `lit-snapvideo evaluate` (metrics.json) when it has been run; embedded-set metrics do not "
               "compare with published FVD/FID numbers."]
-    text = "\n".join(lines) + "\n"
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return text
+    return write_markdown(lines, out)
 
 
 # Table 3 (FIT 500M, internal data set, 64x36): the diffusion-framework ablation. Keyed by our experiment names.
@@ -117,8 +121,4 @@ def sigma_report(run_dirs: list[str | Path], out: str | Path) -> str:
                      + f" | {paper['fid']} | {paper['fvd']} | {paper['clipsim']} |")
     lines += ["", "*The validation loss is each run's own training objective; it does not compare across rows with "
               "different sigma_data, sigma_in or framework. Compare rows by the probe metrics."]
-    text = "\n".join(lines) + "\n"
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return text
+    return write_markdown(lines, out)

@@ -1,0 +1,44 @@
+"""make compare: markdown tables from run summaries, with the paper's numbers beside."""
+
+import json
+
+import pytest
+
+from lit_snapvideo.cli import main
+from lit_snapvideo.report import compare_runs, sigma_report
+
+
+def _run(tmp_path, name, kind, train_ms, infer_ms, metrics=None):
+    run = tmp_path / name / "version_0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({
+        "experiment": name, "preset": f"{kind}_small", "kind": kind, "parameters": 2_100_000, "steps": 1000,
+        "wall_time_s": 600.0, "train_ms_per_video": train_ms, "infer_ms_per_video_per_eval": infer_ms,
+        "final_val_loss": 0.5}))
+    if metrics:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_compare_table2_layout_and_ratios(tmp_path):
+    fit = _run(tmp_path, "fit", "fit", 50.0, 10.0, {"probe/prompt_accuracy": 0.5})
+    unet = _run(tmp_path, "unet", "unet", 150.0, 40.0)
+    text = compare_runs([fit, unet], tmp_path / "ablation.md")
+    assert "| fit | fit_small | 2.1M | 1000 |" in text
+    assert "Training speed-up FIT over U-Net (ours): 3.00x (paper, FIT 500M vs U-Net 284M: 3.31x)" in text
+    assert "4.00x (paper: 4.49x)" in text
+    assert "| Snap Video FIT 500M | 500.0M | 3.07 | 27.79 | 0.2459 | 69.5 | 23.4 |" in text
+    assert "probe/prompt_accuracy" in text and "0.5000" in text
+    assert (tmp_path / "ablation.md").read_text() == text
+
+
+def test_sigma_report_rows(tmp_path):
+    ours = _run(tmp_path, "sigma_ours", "fit", 50.0, 10.0, {"probe/prompt_accuracy": 0.75, "probe/fvd": 3.5})
+    text = sigma_report([ours], tmp_path / "sigma.md")
+    assert "| Ours | 1.0 | 4.0 | 1000 | 0.5000 | 0.750 | 3.500 | - | 3.07 | 27.79 | 0.2459 |" in text
+    assert "| (i) original EDM | 0.5 | 1.0 | not run |" in text
+
+
+def test_compare_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "nope"), "--out", str(tmp_path / "x.md")]) == 2
+    assert "no run summary" in capsys.readouterr().err

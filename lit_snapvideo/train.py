@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +29,8 @@ from .module import EDMVideoModule, module_for
 from .models.presets import forward_flops
 
 log = logging.getLogger("lit_snapvideo")
+# the EMA backbone and the frozen text tower are meant to stay in eval mode during training
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def run_dir_of(cfg: DictConfig) -> Path:

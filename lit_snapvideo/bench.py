@@ -532,19 +532,20 @@ def plan_preset(preset: str, settings: BenchSettings, frames: Optional[int] = No
 
 
 def measure_planned(row: dict, settings: BenchSettings, peak_flops: Optional[float],
-                    deadline: Optional[float] = None) -> dict:
-    """Measure a planned row's phases (each skipped if it cannot finish by ``deadline``, a time.time()); add ms/video (median, IQR),
-    TFLOP/s, MFU against ``peak_flops`` and peak memory. ``notes`` becomes one string."""
+                    deadline: Optional[float] = None, floor_rate: Optional[tuple[float, str]] = None) -> dict:
+    """Measure a planned row's phases (each skipped if it cannot finish by ``deadline``, a time.time()); add
+    ms/video (median, IQR), TFLOP/s, MFU against ``peak_flops`` and peak memory. ``notes`` becomes one string.
+    ``floor_rate`` (FLOP/s, where it comes from): phases that cannot finish even at that rate are skipped before
+    anything is built."""
     b, phases = row["batch"], row["run_phases"]
     notes = list(row["notes"])
-    if deadline is not None and peak_flops:
-        # skip before building what cannot finish even at the probe's FLOP rate (an optimistic lower bound)
+    if deadline is not None and floor_rate:
         left, kept = deadline - time.time(), []
         for phase in phases:
-            floor = row["work"][phase] * (settings.warmup + settings.repeats) / peak_flops
+            floor = row["work"][phase] * (settings.warmup + settings.repeats) / floor_rate[0]
             if floor > left:
-                notes.append(f"{phase} skipped: needs over {floor:.0f} s even at the matmul-probe rate, "
-                             f"{max(left, 0):.0f} s of the time budget left")
+                notes.append(f"{phase} skipped: needs over {floor:.0f} s at {floor_rate[0] / 1e9:.0f} GFLOP/s "
+                             f"({floor_rate[1]}), {max(left, 0):.0f} s of the time budget left")
             else:
                 kept.append(phase)
                 left -= floor
@@ -574,11 +575,16 @@ def measure_all(plans: list[dict], settings: BenchSettings, peak_flops: Optional
                 log: Callable[[str], None] = print) -> list[dict]:
     """Measure planned rows in order under one time budget (``settings.time_budget_s``)."""
     deadline = None if settings.time_budget_s is None else time.time() + settings.time_budget_s
+    best: dict[str, tuple[float, str]] = {}  # the best FLOP rate each architecture reached so far in this run
     rows = []
     for plan in plans:
         started = time.perf_counter()
-        row = measure_planned(plan, settings, peak_flops, deadline)
+        floor_rate = best.get(plan["arch"]) or ((peak_flops, "the matmul probe") if peak_flops else None)
+        row = measure_planned(plan, settings, peak_flops, deadline, floor_rate)
         rows.append(row)
+        for phase in (p for p in PHASES if row.get(f"{p}_tflops")):
+            if row[f"{phase}_tflops"] * 1e12 > best.get(row["arch"], (0.0, ""))[0]:
+                best[row["arch"]] = (row[f"{phase}_tflops"] * 1e12, f"what {row['preset']} {phase} reached")
         log(f"{row['preset']} {row['frames']}x{row['height']}x{row['width']} b{row['batch']}: "
             + ", ".join(f"{p} {_cell(row, p)}" for p in PHASES) + f" ms/video ({time.perf_counter() - started:.0f} s)"
             + (f"; {row['notes']}" if row["notes"] else ""))

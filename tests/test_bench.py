@@ -112,7 +112,8 @@ def test_time_budget_skips_before_building_what_cannot_finish(tmp_path):
     settings = BenchSettings(presets=["fit_tiny"], frames=8, size=(16, 16), batch_size=64, peak_tflops=1e-3,
                              time_budget_s=1.0, phases=("train",))
     (row,) = run_bench(settings, tmp_path, log=lambda _: None)
-    assert row.get("train_ms") is None and "train skipped: needs over" in row["notes"]
+    assert row.get("train_ms") is None
+    assert "train skipped: needs over" in row["notes"] and "(the matmul probe)" in row["notes"]
 
 
 def test_speedups_use_paper_table2_ratios():

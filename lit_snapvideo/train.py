@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -65,6 +66,14 @@ def train_flops_per_video(module: EDMVideoModule) -> Optional[float]:
     return fwd * (3 + extra)
 
 
+def set_cpu_threads(cfg: DictConfig) -> int:
+    """torch intra-op threads for CPU training: ``trainer.cpu_threads``, or cores minus data workers."""
+    threads = cfg.trainer.cpu_threads or max(1, (os.cpu_count() or 1) - cfg.data.num_workers)
+    if not torch.cuda.is_available() or cfg.trainer.accelerator == "cpu":
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable_progress_bar: bool = True,
                   **overrides) -> tuple[L.Trainer, dict]:
     t = cfg.trainer
@@ -100,6 +109,7 @@ def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_
         cfg.logging.version = next_free_version(cfg)
     run_dir = run_dir_of(cfg)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    set_cpu_threads(cfg)
     datamodule = EDMDataModule(cfg)
     module = module_for(cfg)(cfg)
     trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)

@@ -52,7 +52,7 @@ ablation: ablation-fit ablation-unet ## both ablation runs, then results/ablatio
 	$(MAKE) compare
 
 compare: $(STAMP) ## results/ablation.md: both runs side by side with the paper's Table 2
-	$(CLI) compare runs/fit/version_0 runs/unet/version_0 --out results/ablation.md
+	$(CLI) compare runs/fit/version_0 runs/unet/version_0 --out results/ablation.md --plot docs/curves.png
 
 tensorboard: $(STAMP) ## serve TensorBoard on runs/ (http://localhost:6006)
 	$(VENV)/bin/tensorboard --logdir runs --port 6006

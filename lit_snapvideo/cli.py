@@ -228,6 +228,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="results/ablation.md", help="markdown file to write (default results/ablation.md)")
     p.add_argument("--table", choices=("architectures", "sigma"), default="architectures",
                    help="architectures: paper Table 2 layout; sigma: Table 3 (runs named sigma_*)")
+    p.add_argument("--plot", help="also write a PNG of the runs' TensorBoard curves (e.g. docs/curves.png)")
     p.set_defaults(run=_run_compare)
 
 
@@ -236,6 +237,10 @@ def _run_compare(args: argparse.Namespace) -> None:
 
     report = sigma_report if args.table == "sigma" else compare_runs
     print(report(args.runs, args.out), end="")
+    if args.plot:
+        from .report import plot_curves
+
+        print(f"wrote {plot_curves(args.runs, args.plot)}")
     print(f"wrote {args.out}")
 
 

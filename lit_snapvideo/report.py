@@ -122,3 +122,40 @@ def sigma_report(run_dirs: list[str | Path], out: str | Path) -> str:
     lines += ["", "*The validation loss is each run's own training objective; it does not compare across rows with "
               "different sigma_data, sigma_in or framework. Compare rows by the probe metrics."]
     return write_markdown(lines, out)
+
+
+CURVE_TAGS = (("train/loss", "train loss (Snap-EDM, F-space)"), ("val/loss", "validation loss (fixed sigma grid, EMA)"),
+              ("quality/prompt_accuracy", "prompt accuracy (probe)"), ("perf/ms_per_video", "train ms / video"))
+
+
+def plot_curves(run_dirs: list[str | Path], out: str | Path, smooth: int = 10) -> Path:
+    """A PNG of the runs' TensorBoard curves side by side (train loss as a running mean of ``smooth`` logs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fig, axes = plt.subplots(1, len(CURVE_TAGS), figsize=(4.2 * len(CURVE_TAGS), 3.4))
+    for run_dir in run_dirs:
+        run = load_run(run_dir)
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+        for ax, (tag, title) in zip(axes, CURVE_TAGS):
+            if tag not in events.Tags()["scalars"]:
+                continue
+            steps = [e.step for e in events.Scalars(tag)]
+            values = [e.value for e in events.Scalars(tag)]
+            if tag == "train/loss":  # the per-step loss swings with the drawn sigmas
+                values = [sum(values[max(0, i - smooth + 1): i + 1]) / min(i + 1, smooth) for i in range(len(values))]
+            ax.plot(steps, values, marker="o" if len(values) < 12 else None, label=f"{run['experiment']} ({run['preset']})")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+    for ax in axes[:2]:
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

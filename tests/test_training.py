@@ -65,6 +65,9 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
     assert summary["steps"] == 4 and summary["final_val_loss"] > 0 and summary["train_ms_per_video"] > 0
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (run_dir / "samples").glob("*.gif")) == ["step_000002.gif", "step_000004.gif"]
+    from lit_snapvideo.report import plot_curves
+
+    assert plot_curves([run_dir], tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _final_state(run_dir: Path) -> dict:

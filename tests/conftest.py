@@ -30,7 +30,7 @@ def tiny_overrides(root, run_root, preset="fit_tiny", **extra) -> list[str]:
         "model.preset": preset, "data.root": str(root), "data.frames": 8, "data.size": "[16,16]",
         "data.pad_to": "[16,16]", "data.batch_size": 2, "data.val_batch_size": 2, "data.num_workers": 0,
         "data.limit_val_clips": 2, "text.max_length": 8, "logging.root": str(run_root),
-        "logging.sample_steps": 2, "logging.sample_prompts": "[a red circle moving left on a black background]",
+        "logging.sample_steps": 2, "logging.quality_every_n_steps": 0, "logging.sample_prompts": "[a red circle moving left on a black background]",
         "trainer.log_every_n_steps": 1, "optim.warmup_steps": 2, "text.cache_dir": str(run_root / "text_cache"),
     }
     values.update(extra)

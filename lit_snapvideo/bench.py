@@ -387,6 +387,7 @@ def measure_job(job: dict) -> dict:
     job keys: preset, overrides, batch, frames, size, phases, precision, compile, grad_checkpointing, repeats,
     warmup, sample_steps, device, threads, deadline (time.time() by which every phase must be done; None: no limit).
     Phases run in order; one that would overrun the deadline is skipped, so a short budget loses the last ones."""
+    torch.set_flush_denormal(True)  # as training does (train.set_cpu_threads)
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     device, b = job["device"], job["batch"]

@@ -67,8 +67,12 @@ def train_flops_per_video(module: EDMVideoModule) -> Optional[float]:
 
 
 def set_cpu_threads(cfg: DictConfig) -> int:
-    """torch intra-op threads for CPU training: ``trainer.cpu_threads``, or cores minus data workers."""
+    """torch intra-op threads for CPU training: ``trainer.cpu_threads``, or cores minus data workers.
+
+    Also flushes denormal floats to zero: as the U-Net trained, denormals slowed its steps from ~200 to ~600 ms
+    per video on this CPU (a step at the step-500 weights: 420 ms/video, 229 with flushing)."""
     threads = cfg.trainer.cpu_threads or max(1, (os.cpu_count() or 1) - cfg.data.num_workers)
+    torch.set_flush_denormal(True)
     if not torch.cuda.is_available() or cfg.trainer.accelerator == "cpu":
         torch.set_num_threads(threads)
     return torch.get_num_threads()

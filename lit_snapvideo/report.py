@@ -19,6 +19,10 @@ PAPER_TABLE2 = [
 ]
 
 
+QUALITY_PREFIXES = ("probe/prompt", "probe/shape", "probe/color", "probe/direction", "probe/fvd", "probe/temporal",
+                    "fvd", "fid", "clipsim")  # metrics.json keys that become columns (not its run settings)
+
+
 def fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -60,7 +64,8 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:
     lines.append("Our runs (this machine; CPU-scale presets on the embedded moving-shapes set; "
                  "ms/video measured during training, batch as configured, fp32):")
     lines.append("")
-    quality_keys = sorted({k for r in runs for k in r["metrics"] if isinstance(r["metrics"][k], (int, float))})
+    quality_keys = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))
+                           and k.startswith(QUALITY_PREFIXES) and not k.endswith(("num_scored", "num_seeds"))})
     head = ["run", "preset", "params", "steps", "wall time (s)", "train ms/video", "infer ms/video/eval",
             "val loss"] + quality_keys
     lines.append("| " + " | ".join(head) + " |")

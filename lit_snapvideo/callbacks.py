@@ -60,7 +60,7 @@ def add_gif_summary(writer: Any, tag: str, data: bytes, size: tuple[int, int], s
 
 class SampleVideos(L.Callback):
     """Every ``every_n_steps`` (and at the end of training) sample the fixed prompts with fixed seeds from the EMA
-    weights, write ``samples/step_XXXXXX.gif`` in the run directory and a GIF image summary ``samples/grid``."""
+    weights, write ``samples/step_<6-digit step>.gif`` in the run directory and a GIF image summary ``samples/grid``."""
 
     def __init__(self, every_n_steps: int, prompts: list[str], steps: int, cfg_scale: float, seed: int,
                  out_dir: str | Path) -> None:

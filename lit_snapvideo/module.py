@@ -45,12 +45,17 @@ class NonFiniteLossError(RuntimeError):
     """Raised after ``optim.max_nonfinite_steps`` consecutive non-finite losses."""
 
 
-def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator whose state is a pure function of ``keys`` (e.g. seed, step, rank)."""
+def mix_seed(*keys: int) -> int:
+    """One seed that is a pure function of ``keys`` (e.g. seed, step, rank)."""
     value = 0
     for k in keys:
         value = (value * 1_000_003 + int(k)) % (2**63 - 1)
-    return torch.Generator(device=device).manual_seed(value)
+    return value
+
+
+def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded with :func:`mix_seed` of ``keys``."""
+    return torch.Generator(device=device).manual_seed(mix_seed(*keys))
 
 
 class EDMVideoModule(L.LightningModule):
@@ -154,7 +159,7 @@ class EDMVideoModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # dropout inside the backbone draws from the global RNG: make it a function of the step too
-        torch.manual_seed(int(seeded_generator(self.cfg.trainer.seed, self.global_step, self.global_rank, 7).initial_seed()))
+        torch.manual_seed(mix_seed(self.cfg.trainer.seed, self.global_step, self.global_rank, 7))
 
     def training_step(self, batch: dict, batch_idx: int) -> Optional[Tensor]:
         per_sample, info = self.diffusion_loss(batch, self._step_generator())

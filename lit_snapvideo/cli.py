@@ -177,11 +177,11 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
             if not Path(path).is_file():
                 raise UserError(f"--{flag.replace('_', '-')} {path}: file not found")
-    _load_checkpoint(args.checkpoint)  # clear errors for a missing or foreign checkpoint before any work
+    module = _load_checkpoint(args.checkpoint)  # clear errors for a missing or foreign checkpoint before any work
     try:
         metrics = evaluate_checkpoint(args.checkpoint, args.num_videos, args.steps, args.cfg, args.seeds,
                                       args.batch_size, args.fvd_detector, args.fid_detector, args.clip_model,
-                                      args.clip_checkpoint, out=args.out)
+                                      args.clip_checkpoint, out=args.out, module=module)
     except ValueError as err:
         raise UserError(str(err)) from None
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))

@@ -76,13 +76,14 @@ def evaluate_checkpoint(
     out: Optional[str] = None,
     progress: bool = True,
     probe_kwargs: Optional[dict] = None,
+    module: Any = None,
 ) -> dict:
     """Score ``checkpoint``; writes ``metrics.json`` beside the run's summary (or to ``out``) and returns it."""
     from tqdm import tqdm
 
     from ..module import load_module
 
-    module = load_module(checkpoint)
+    module = module if module is not None else load_module(checkpoint)  # the CLI has loaded it already
     cfg = module.cfg
     prompts = validation_prompts(cfg.data.root, cfg.data.manifest, num_videos)
     bar = tqdm(total=len(prompts) * len(seeds), desc="evaluate: sampling", unit="video", disable=not progress)

@@ -133,7 +133,7 @@ class EDMVideoModule(L.LightningModule):
 
         Draws sigma (unless given), eps, label dropout (``train``) and the self-conditioning mask from ``generator``.
         """
-        backbone = backbone or self._train_forward
+        backbone = self._train_forward if backbone is None else backbone  # not `or`: a compiled module has no truth value
         video = batch["video"].to(self.device, torch.float32)
         b = video.shape[0]
         cond = self.make_cond(batch, drop_generator=generator if train else None)

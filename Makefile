@@ -82,9 +82,10 @@ evaluate: $(STAMP) ## score both ablation runs (runs/{fit,unet}/version_0) -> me
 	$(MAKE) compare
 
 SIGMA_ROWS := edm_original sigma_data_0_5 sigma_in_2 images_not_videos ours
-ablation-sigma: $(SHAPES) ## Table 3 at CPU scale: train + evaluate 5 framework variants -> results/sigma_ablation.md
-	for row in $(SIGMA_ROWS); do \
-	  $(CLI) fit experiments/sigma/$$row.yaml $(ARGS) && \
-	  $(CLI) evaluate runs/sigma_$$row/version_0/checkpoints/last.ckpt $(EVAL_ARGS) || exit 1; \
-	done
+SIGMA_METRICS := $(foreach r,$(SIGMA_ROWS),runs/sigma_$(r)/version_0/metrics.json)
+ablation-sigma: $(SIGMA_METRICS) ## Table 3 at CPU scale: train + evaluate 5 variants -> results/sigma_ablation.md (side by side: make -j5 ablation-sigma ARGS=trainer.cpu_threads=1)
 	$(CLI) compare $(foreach r,$(SIGMA_ROWS),runs/sigma_$(r)/version_0) --table sigma --out results/sigma_ablation.md
+
+runs/sigma_%/version_0/metrics.json: | probe  # one row of Table 3: train (a rerun resumes), then score
+	$(CLI) fit experiments/sigma/$*.yaml $(ARGS)
+	$(CLI) evaluate runs/sigma_$*/version_0/checkpoints/last.ckpt $(EVAL_ARGS)

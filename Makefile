@@ -83,7 +83,7 @@ evaluate: $(STAMP) ## score both ablation runs (runs/{fit,unet}/version_0) -> me
 
 SIGMA_ROWS := edm_original sigma_data_0_5 sigma_in_2 images_not_videos ours
 SIGMA_METRICS := $(foreach r,$(SIGMA_ROWS),runs/sigma_$(r)/version_0/metrics.json)
-ablation-sigma: $(SIGMA_METRICS) ## Table 3 at CPU scale: train + evaluate 5 variants -> results/sigma_ablation.md (side by side: make -j5 ablation-sigma ARGS=trainer.cpu_threads=1)
+ablation-sigma: $(SIGMA_METRICS) ## Table 3 at CPU scale: train + evaluate 5 variants -> results/sigma_ablation.md (side by side: make -j5 ablation-sigma ARGS=trainer.cpu_threads=1 OMP_NUM_THREADS=1; without the latter the five evaluations, two threads each, thrash the cores)
 	$(CLI) compare $(foreach r,$(SIGMA_ROWS),runs/sigma_$(r)/version_0) --table sigma --out results/sigma_ablation.md
 
 runs/sigma_%/version_0/metrics.json: | probe  # one row of Table 3: train (a rerun resumes), then score

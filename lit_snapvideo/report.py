@@ -148,8 +148,8 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, smooth: int = 10) -
         for ax, (tag, title) in zip(axes, CURVE_TAGS):
             if tag not in events.Tags()["scalars"]:
                 continue
-            steps = [e.step for e in events.Scalars(tag)]
-            values = [e.value for e in events.Scalars(tag)]
+            scalars = events.Scalars(tag)
+            steps, values = [e.step for e in scalars], [e.value for e in scalars]
             if tag == "train/loss":  # the per-step loss swings with the drawn sigmas
                 values = [sum(values[max(0, i - smooth + 1): i + 1]) / min(i + 1, smooth) for i in range(len(values))]
             ax.plot(steps, values, marker="o" if len(values) < 12 else None, label=f"{run['experiment']} ({run['preset']})")

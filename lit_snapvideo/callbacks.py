@@ -1,4 +1,5 @@
-"""Training callbacks: sample GIFs in TensorBoard, throughput / MFU / peak memory, skipped-file counts.
+"""Training callbacks: best + last checkpoints, sample GIFs in TensorBoard, throughput / MFU / peak memory,
+skipped-file counts.
 
 Sample videos go into TensorBoard as animated GIFs inside an *image* summary (TensorBoard's image panel plays them):
 ``SummaryWriter.add_video`` needs moviepy and breaks with moviepy 2 (design.md).
@@ -14,11 +15,37 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``best.ckpt`` (lowest ``val/loss``) and ``last.ckpt`` = the newest state, after every validation and at the end
+    of training. Lightning 2.6's ``save_last`` rewrites last.ckpt only at a step where a top-k file was saved, and at
+    the end only if it never wrote one: a run whose validation loss stopped improving left a stale last.ckpt (resume
+    and ``evaluate`` then used old weights). Lightning writes both files atomically (temp file, then rename)."""
+
+    def __init__(self, dirpath: str | Path):
+        super().__init__(dirpath=dirpath, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+
+    def _save_last_if_stale(self, trainer: L.Trainer) -> None:
+        # _should_skip_saving_checkpoint: fast_dev_run, sanity check, not fitting, or already saved at this step
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_if_stale(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_last_if_stale(trainer)
 
 
 # ---- GIFs -----------------------------------------------------------------------------------------

@@ -51,7 +51,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                        description="Data set tools (formats: data/README.md).")
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
     shapes = tools.add_parser("shapes", help="generate the captioned moving-shapes set (mp4 + png + manifest.csv)")
-    shapes.add_argument("--out", default=d.root, help=f"output folder (default {d.root})")
+    shapes.add_argument("--variant", choices=("full", "simple"), default="full",
+                        help="full: two objects, bouncing and checkered backgrounds too; simple: one large object on a "
+                             "plain background (the CPU ablation's set, data/shapes_simple). Default full")
+    shapes.add_argument("--out", default=None, help=f"output folder (default {d.root}, or data/shapes_simple for --variant simple)")
     shapes.add_argument("--n-train", type=int, default=d.n_train, help=f"training clips (default {d.n_train})")
     shapes.add_argument("--n-val", type=int, default=d.n_val, help=f"validation clips (default {d.n_val})")
     shapes.add_argument("--seed", type=int, default=d.seed, help="same seed, same attributes and captions")
@@ -66,12 +69,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _run_data_shapes(args: argparse.Namespace) -> None:
     import time
 
-    from .data.datasets import generate_shapes
+    from .data.datasets import EMBEDDED_ROOTS, generate_shapes
 
     if args.n_train < 1 or args.n_val < 0:
         raise UserError(f"--n-train must be >= 1 and --n-val >= 0 (got {args.n_train}, {args.n_val})")
     started = time.perf_counter()
-    manifest = generate_shapes(args.out, args.n_train, args.n_val, seed=args.seed, workers=args.workers)
+    out = args.out or next(root for root, variant in EMBEDDED_ROOTS.items() if variant == args.variant)
+    manifest = generate_shapes(out, args.n_train, args.n_val, seed=args.seed, workers=args.workers, variant=args.variant)
     seconds = time.perf_counter() - started
     n = args.n_train + args.n_val
     print(f"wrote {n} clips in {seconds:.1f} s ({n / seconds:.1f} clips/s) -> {manifest}")

@@ -19,11 +19,11 @@ from typing import Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from .callbacks import SampleQuality, SampleVideos, SkippedFiles, Throughput
+from .callbacks import BestAndLastCheckpoint, SampleQuality, SampleVideos, SkippedFiles, Throughput
 from .config import save_config
 from .data.datamodule import EDMDataModule
 from .module import EDMVideoModule, module_for
@@ -83,8 +83,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable
     t = cfg.trainer
     logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name,
                                default_hp_metric=False)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
-                                 save_top_k=1, save_last=True, every_n_train_steps=None)
+    checkpoint = BestAndLastCheckpoint(run_dir / "checkpoints")
     throughput = Throughput(train_flops_per_video(module), cfg.logging.mfu_peak_tflops)
     samples = SampleVideos(cfg.logging.sample_every_n_steps, list(cfg.logging.sample_prompts), cfg.logging.sample_steps,
                            cfg.logging.sample_cfg, cfg.logging.sample_seed, run_dir / "samples")

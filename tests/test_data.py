@@ -83,6 +83,22 @@ def test_generator_same_seed_same_attributes(shapes_root, tmp_path):
     assert [r["caption"] for r in other] != [r["caption"] for r in again]
 
 
+def test_simple_variant_is_one_large_object_on_a_plain_background(shapes_root, tmp_path):
+    """The ablation's set; each clip keeps the full set's frame size, fps and length (drawn before the objects)."""
+    generate_shapes(tmp_path / "simple", n_train=24, n_val=6, seed=3, workers=1, variant="simple")
+    rows, full = _rows(tmp_path / "simple"), {r["path"]: r for r in _rows(shapes_root)}
+    assert len(rows) == 30
+    for r in rows:
+        assert r["n_objects"] == "1" and r["size"] == "large" and r["bounce"] in ("0", "")
+        assert r["background"] in ("black", "white", "gray") and r["color"] != r["background"]
+        assert parse_caption(r["caption"])["objects"] == [{"size": "large", "color": r["color"], "shape": r["shape"],
+                                                          "direction": r["direction"] or None, "bounce": False}]
+        same = full[r["path"]]
+        assert (r["fps"], r["num_frames"], r["height"], r["width"]) == (same["fps"], same["num_frames"], same["height"], same["width"])
+    with pytest.raises(ValueError, match="variant 'tiny' is unknown"):
+        generate_shapes(tmp_path / "bad", n_train=1, n_val=0, variant="tiny")
+
+
 def test_motion_is_visible_at_loader_size(shapes_root):
     """Objects move several pixels per frame at 36x64 and the validation rate (8 fps)."""
     rows = [r for r in _rows(shapes_root) if r["is_image"] == "0" and r["n_objects"] == "1" and r["bounce"] == "0"]
@@ -287,6 +303,9 @@ def test_prepare_data_generates_the_default_set_only(tmp_path, monkeypatch):
     cfg = load_config(None, ["data.n_train=3", "data.n_val=1", "data.num_workers=0"])
     EDMDataModule(cfg).prepare_data()
     assert len(_rows(tmp_path / "data" / "shapes")) == 4
+    simple = load_config(None, ["data.root=data/shapes_simple", "data.n_train=3", "data.n_val=1", "data.num_workers=0"])
+    EDMDataModule(simple).prepare_data()
+    assert {r["n_objects"] for r in _rows(tmp_path / "data" / "shapes_simple")} == {"1"}
     user = tmp_path / "mine"
     user.mkdir()
     EDMDataModule(_config(user)).prepare_data()  # a user's root is never written to

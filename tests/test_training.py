@@ -151,6 +151,39 @@ def test_checkpoint_loads_back_and_has_clean_keys(shapes_root, tmp_path):
     assert video.shape == (1, 3, 8, 16, 16) and torch.isfinite(video).all()
 
 
+class WorseningValidation(FITModule):
+    """A forced fault: the validation loss rises at every validation, so best.ckpt stays at the first one."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", float(self.global_step), batch_size=batch["video"].shape[0])
+
+
+def test_last_checkpoint_is_the_newest_state(shapes_root, tmp_path):
+    """last.ckpt follows every validation (also when val/loss got worse) and the end of training (step 5 is no
+    validation step); best.ckpt keeps the lowest val/loss."""
+    from lit_snapvideo.data.datamodule import EDMDataModule
+    from lit_snapvideo.train import build_trainer
+
+    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
+        "trainer.max_steps": 5, "trainer.val_every_n_steps": 2, "logging.sample_every_n_steps": 0}))
+    module = WorseningValidation(cfg)
+    steps_at_validation = []
+    trainer, parts = build_trainer(cfg, tmp_path / "runs" / "run" / "version_0", module, enable_progress_bar=False)
+    saved = parts["checkpoint"]
+    on_validation_end = saved.on_validation_end
+
+    def record(trainer, pl_module):
+        on_validation_end(trainer, pl_module)
+        steps_at_validation.append(torch.load(saved.last_model_path, weights_only=False)["global_step"])
+
+    saved.on_validation_end = record
+    trainer.fit(module, datamodule=EDMDataModule(cfg))
+    assert steps_at_validation == [2, 4]
+    checkpoints = tmp_path / "runs" / "run" / "version_0" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 5
+    assert torch.load(checkpoints / "best.ckpt", weights_only=False)["global_step"] == 2
+
+
 @pytest.mark.slow
 def test_compiled_backbone_saves_clean_keys(shapes_root, tmp_path):
     cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{

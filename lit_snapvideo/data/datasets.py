@@ -362,7 +362,15 @@ DIRECTIONS = {  # name -> (caption phrase, unit (dx, dy) in image coordinates, y
 SIZES = {"small": 0.11, "large": 0.2}  # object radius as a fraction of the frame height
 NATIVE_FPS = (8, 10, 12, 15, 20, 24, 25, 30)
 SPEED_RANGE = (0.4, 0.8)  # frame heights per second: 1.8-3.6 px/frame at 36 px high and 8 fps
-IMAGE_SHARE, TWO_OBJECT_SHARE, BOUNCE_SHARE = 0.1, 0.2, 0.25
+IMAGE_SHARE = 0.1
+# Variants of the set. "full": the whole vocabulary, two objects in 20% of clips, bouncing in 25%, checkered
+# backgrounds. "simple" (the CPU ablation's set): one large object on a plain background, straight motion; the
+# same shapes, colours, directions and caption grammar, so the probe and the sample prompts apply to both.
+VARIANTS = {
+    "full": dict(backgrounds=BACKGROUNDS, sizes=tuple(SIZES), two_object_share=0.2, bounce_share=0.25),
+    "simple": dict(backgrounds=("black", "white", "gray"), sizes=("large",), two_object_share=0.0, bounce_share=0.0),
+}
+EMBEDDED_ROOTS = {"data/shapes": "full", "data/shapes_simple": "simple"}  # default folder -> variant
 BOUNCE_PHRASE = "and bouncing off the edges"
 
 _BG_RGB = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
@@ -455,18 +463,20 @@ def _positions(o: dict, t: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.n
     return out[0], out[1]
 
 
-def _sample_clip(rng: np.random.Generator) -> dict:
-    """Attributes of one clip (everything the renderer and the caption need)."""
+def _sample_clip(rng: np.random.Generator, variant: str = "full") -> dict:
+    """Attributes of one clip of a :data:`VARIANTS` set (everything the renderer and the caption need).
+    The draws before the objects are the same in every variant: a clip's frame size, fps and length do not depend on it."""
+    v = VARIANTS[variant]
     h = _even(rng.uniform(72, 144))
     w = min(256, _even(h * rng.uniform(1.65, 1.85)))
     is_image = rng.random() < IMAGE_SHARE
     fps = int(rng.choice(NATIVE_FPS))
     num_frames = 1 if is_image else int(round(fps * rng.uniform(2.0, 4.0)))
-    background = str(rng.choice(BACKGROUNDS))
+    background = str(rng.choice(v["backgrounds"]))
     objects = []
-    for _ in range(2 if rng.random() < TWO_OBJECT_SHARE else 1):
+    for _ in range(2 if rng.random() < v["two_object_share"] else 1):
         while True:  # an object never takes the background's colour, and two objects differ
-            o = {"shape": str(rng.choice(SHAPES)), "color": str(rng.choice(list(COLORS))), "size": str(rng.choice(list(SIZES)))}
+            o = {"shape": str(rng.choice(SHAPES)), "color": str(rng.choice(list(COLORS))), "size": str(rng.choice(v["sizes"]))}
             if o["color"] != background and all((o["shape"], o["color"]) != (p["shape"], p["color"]) for p in objects):
                 break
         o["radius"] = SIZES[o["size"]] * h
@@ -475,7 +485,7 @@ def _sample_clip(rng: np.random.Generator) -> dict:
         if not is_image:
             o["direction"] = str(rng.choice(list(DIRECTIONS)))
             o["speed"] = float(rng.uniform(*SPEED_RANGE))
-            o["bounce"] = bool(rng.random() < BOUNCE_SHARE)
+            o["bounce"] = bool(rng.random() < v["bounce_share"])
             ux, uy = DIRECTIONS[o["direction"]][1]
             o["vx"], o["vy"] = ux * o["speed"] * h, uy * o["speed"] * h
             if o["bounce"]:  # start on the trailing side, so the first bounce comes late
@@ -511,12 +521,12 @@ def render_clip(clip: dict) -> np.ndarray:
     return out
 
 
-def _make_one(job: tuple[str, str, int, int]) -> dict:
+def _make_one(job: tuple[str, str, int, int, str]) -> dict:
     """Render and write one clip; returns its manifest row. The attributes depend only on
-    (seed, split, index), so the worker count does not change the data set."""
-    out, split, index, seed = job
+    (seed, split, index, variant), so the worker count does not change the data set."""
+    out, split, index, seed, variant = job
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
-    clip = _sample_clip(rng)
+    clip = _sample_clip(rng, variant)
     rel = f"{split}/{index:06d}." + ("png" if clip["is_image"] else "mp4")
     frames = render_clip(clip)
     if clip["is_image"]:
@@ -535,14 +545,17 @@ def _make_one(job: tuple[str, str, int, int]) -> dict:
     return row
 
 
-def generate_shapes(out: str | Path, n_train: int, n_val: int, seed: int = 0, workers: Optional[int] = None) -> Path:
-    """Write the moving-shapes set: ``out/{train,val}/NNNNNN.{mp4,png}`` and ``out/manifest.csv``
-    (columns :data:`MANIFEST_COLUMNS`; speed in frame heights per second). The manifest is written
-    last, so its presence means the set is complete. Returns the manifest path."""
+def generate_shapes(out: str | Path, n_train: int, n_val: int, seed: int = 0, workers: Optional[int] = None,
+                    variant: str = "full") -> Path:
+    """Write the moving-shapes set (``variant``: a :data:`VARIANTS` key): ``out/{train,val}/NNNNNN.{mp4,png}``
+    and ``out/manifest.csv`` (columns :data:`MANIFEST_COLUMNS`; speed in frame heights per second). The
+    manifest is written last, so its presence means the set is complete. Returns the manifest path."""
+    if variant not in VARIANTS:
+        raise ValueError(f"moving-shapes variant {variant!r} is unknown (expected one of {', '.join(VARIANTS)})")
     out = Path(out)
     for split in ("train", "val"):
         (out / split).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), "train", i, seed) for i in range(n_train)] + [(str(out), "val", i, seed) for i in range(n_val)]
+    jobs = [(str(out), split, i, seed, variant) for split, n in (("train", n_train), ("val", n_val)) for i in range(n)]
     workers = workers or os.cpu_count() or 1
     started = time.perf_counter()
     if workers > 1:

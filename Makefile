@@ -36,6 +36,11 @@ data: $(SHAPES) ## generate the embedded moving-shapes set (4000 train + 256 val
 $(SHAPES): | $(STAMP)
 	$(CLI) data shapes --out $(dir $(SHAPES))
 
+# the CPU ablation's set: one large object on a plain background (data/README.md)
+SIMPLE := data/shapes_simple/manifest.csv
+$(SIMPLE): | $(STAMP)
+	$(CLI) data shapes --variant simple --out $(dir $(SIMPLE))
+
 # ---- training (issue: one EDM LightningModule; runs under runs/<experiment>/version_0, reruns resume) ----
 .PHONY: ablation ablation-fit ablation-unet compare tensorboard
 ablation-fit: probe ## train the FIT ablation (CPU scale): runs/fit/version_0 (rerun resumes)
@@ -45,7 +50,7 @@ ablation-unet: probe ## train the 3D U-Net ablation on the same data, steps and 
 	$(CLI) fit experiments/ablation/unet.yaml $(ARGS)
 
 .PHONY: probe
-probe: $(SHAPES) ## train (once; cached in .cache/probe) the probe network that scores samples of the embedded set
+probe: $(SIMPLE) ## train (once; cached in .cache/probe) the probe network that scores the ablation's samples
 	$(CLI) probe experiments/ablation/fit.yaml
 
 ablation: ablation-fit ablation-unet ## both ablation runs, then results/ablation.md

@@ -28,7 +28,7 @@ def test_paper_optimiser_defaults(shapes_root, tmp_path):
     fit_opt = FITModule(fit_cfg).configure_optimizers()["optimizer"]
     unet_opt = UNetModule(unet_cfg).configure_optimizers()["optimizer"]
     assert type(fit_opt).__name__ == "Lamb" and fit_opt.defaults["lr"] == 5e-3 and fit_opt.defaults["betas"] == (0.9, 0.99)
-    assert type(unet_opt) is torch.optim.Adam and unet_opt.defaults["lr"] == 1e-4
+    assert type(unet_opt) is torch.optim.AdamW and unet_opt.defaults["lr"] == 1e-4  # decoupled decay
     assert unet_opt.defaults["betas"] == (0.9, 0.999)
     assert {g["weight_decay"] for g in unet_opt.param_groups} == {0.01, 0.0}  # no decay on norms and biases
 

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 # Table 2 (A100, ms / video / GPU; 64x36, first stage). Quality on the paper's internal data set.
 PAPER_TABLE2 = [
     {"model": "U-Net 85M", "params": 85e6, "fid": 8.21, "fvd": 45.94, "clipsim": 0.2319, "train_ms": 133.2, "infer_ms": 49.6},
@@ -52,16 +54,26 @@ def load_run(run_dir: str | Path) -> dict:
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path}: no run summary (train it first, e.g. make ablation-fit)")
     run = json.loads(summary_path.read_text())
+    config_path = run_dir / "config.yaml"  # summaries written before data_root was recorded: the run's config
+    if "data_root" not in run and config_path.is_file():
+        run["data_root"] = (yaml.safe_load(config_path.read_text()) or {}).get("data", {}).get("root")
     metrics_path = run_dir / "metrics.json"
     run["metrics"] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return run
+
+
+def data_sets(runs: list[dict]) -> str:
+    """The runs' data folders for a report's header, e.g. "`data/shapes_simple`" (summaries before it was recorded:
+    "the embedded moving-shapes set")."""
+    roots = sorted({r["data_root"] for r in runs if r.get("data_root")})
+    return ", ".join(f"`{root}`" for root in roots) if roots else "the embedded moving-shapes set"
 
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:
     """Write ``out`` (markdown) comparing the runs with the paper's Table 2; returns the text."""
     runs = [load_run(r) for r in run_dirs]
     lines = ["# Ablation: FIT vs 3D U-Net (paper Table 2 in miniature)", ""]
-    lines.append("Our runs (this machine; CPU-scale presets on the embedded moving-shapes set; "
+    lines.append(f"Our runs (this machine; CPU-scale presets on {data_sets(runs)}; "
                  "ms/video measured during training, batch as configured, fp32):")
     lines.append("")
     quality_keys = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))
@@ -112,7 +124,7 @@ def sigma_report(run_dirs: list[str | Path], out: str | Path) -> str:
     """results/sigma_ablation.md: our Table 3 rows (probe metrics) beside the paper's (FID/FVD/CLIPSIM)."""
     runs = {r["experiment"]: r for r in (load_run(d) for d in run_dirs)}
     lines = ["# Diffusion-framework ablation (paper Table 3 at CPU scale)", "",
-             "Ours: fit_small on the embedded moving-shapes set, equal steps, embedded-set probe metrics (prompt "
+             f"Ours: fit_small on {data_sets(list(runs.values()))}, equal steps, embedded-set probe metrics (prompt "
              "accuracy: higher is better; probe-FVD: lower is better; they do not compare with published FVD). "
              "Paper: FIT 500M on its internal data set.", "",
              "| row | sigma_data | sigma_in | steps | val loss* | prompt acc. | probe-FVD | temporal cons. | paper FID | paper FVD | paper CLIPSIM |",

@@ -154,6 +154,8 @@ def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, traine
         "infer_ms_per_video_per_eval": (min(infer) if infer else previous.get("infer_ms_per_video_per_eval")),
         "nonfinite_steps": module.nonfinite_total,
         "skipped_files": trainer.datamodule.skipped_files() if hasattr(trainer.datamodule, "skipped_files") else None,
+        "data_root": cfg.data.root,
+        "optimizer": module.optimizer_settings()["name"],
         "sigma_in": cfg.diffusion.sigma_in,
         "sigma_data": cfg.diffusion.sigma_data,
         "framework": cfg.diffusion.framework,

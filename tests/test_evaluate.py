@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lit_snapvideo.cli import main
-from lit_snapvideo.metrics.evaluate import evaluate_checkpoint
+from lit_snapvideo.metrics.evaluate import DENOISE_SIGMAS, denoising_check, evaluate_checkpoint
 
 
 class TinyI3D(nn.Module):
@@ -42,6 +42,28 @@ def test_evaluate_writes_probe_and_fvd_metrics(tiny_checkpoint, tmp_path, i3d_fi
     assert 0.0 <= saved["probe/prompt_accuracy"] <= 1.0
     assert saved["probe/fvd"] >= 0 and saved["fvd2_8f"] >= 0
     assert len(saved["fvd2_8f_per_seed"]) == 2 and saved["num_videos"] == 3
+    assert "denoise/zero_mse" in saved and "denoise/caption_effect_sigma_80" in saved
+
+
+def test_denoising_check_error_and_caption_effect(tiny_checkpoint, monkeypatch):
+    from lit_snapvideo.data.datamodule import EDMDataModule
+    from lit_snapvideo.module import load_module
+
+    module = load_module(str(tiny_checkpoint))
+    torch.nn.init.normal_(module.ema_backbone.out_proj.weight, std=0.5)  # F depends on the input and the caption
+    result = denoising_check(module, num_clips=8)
+    dm = EDMDataModule(module.cfg)
+    dm.setup("validate")
+    clips = torch.cat([b["video"] for b in dm.val_dataloader()])[:8]  # the tiny set has 2 validation clips
+    assert result["denoise/zero_mse"] == pytest.approx(clips.pow(2).mean().item(), rel=1e-5)
+    for s in DENOISE_SIGMAS:
+        assert result[f"denoise/mse_sigma_{s:g}"] > 0 and result[f"denoise/caption_effect_sigma_{s:g}"] > 1e-4
+    # every caption encoded alike (the null caption too): the caption cannot move D
+    same = module.encode_text(["a red circle moving left on a black background"])
+    monkeypatch.setattr(module, "encode_text", lambda captions: (same[0].expand(len(captions), -1, -1),
+                                                                 same[1].expand(len(captions), -1)))
+    ignored = denoising_check(module, num_clips=8)
+    assert all(ignored[f"denoise/caption_effect_sigma_{s:g}"] == 0 for s in DENOISE_SIGMAS)
 
 
 def test_evaluate_cli_errors(tiny_checkpoint, tmp_path, capsys):

@@ -32,6 +32,19 @@ def test_compare_table2_layout_and_ratios(tmp_path):
     assert (tmp_path / "ablation.md").read_text() == text
 
 
+def test_reports_name_the_runs_data(tmp_path):
+    """The header names each run's data folder: from summary.json, or from config.yaml for older summaries."""
+    fit = _run(tmp_path, "fit", "fit", 50.0, 10.0)
+    unet = _run(tmp_path, "unet", "unet", 150.0, 40.0)
+    summary = json.loads((fit / "summary.json").read_text())
+    (fit / "summary.json").write_text(json.dumps({**summary, "data_root": "data/shapes_simple"}))
+    (unet / "config.yaml").write_text("data:\n  root: /my/videos\n")
+    text = compare_runs([fit, unet], tmp_path / "ablation.md")
+    assert "CPU-scale presets on `/my/videos`, `data/shapes_simple`;" in text
+    assert "fit_small on `data/shapes_simple`," in sigma_report([fit], tmp_path / "sigma.md")
+    assert "on the embedded moving-shapes set" in sigma_report([_run(tmp_path, "old", "fit", 1.0, 1.0)], tmp_path / "s.md")
+
+
 def test_sigma_report_rows(tmp_path):
     ours = _run(tmp_path, "sigma_ours", "fit", 50.0, 10.0, {"probe/prompt_accuracy": 0.75, "probe/fvd": 3.5})
     text = sigma_report([ours], tmp_path / "sigma.md")

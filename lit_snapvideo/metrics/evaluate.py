@@ -1,7 +1,8 @@
 """``lit-snapvideo evaluate``: sample a checkpoint on validation captions and score the samples.
 
 Always (offline): the embedded set's probe metrics (prompt accuracy, probe-FVD, temporal consistency), when the
-run's data set is the embedded moving-shapes set (its captions carry the ground truth). With the detector files a
+run's data set is the embedded moving-shapes set (its captions carry the ground truth), and the denoising check
+(:func:`denoising_check`: the denoiser's error and the caption's effect at fixed noise levels, any data set). With the detector files a
 user brings: FVD (stylegan-v protocol, TorchScript I3D), per-frame FID (TorchScript Inception) and CLIPSIM (open_clip).
 FVD is named after the number of videos it used (``fvd{N}_16f``) and reported as mean and std over sampling seeds.
 """
@@ -61,6 +62,52 @@ def probe_metrics(probe: Any, videos: torch.Tensor, prompts: Sequence[str]) -> d
     return metrics
 
 
+DENOISE_SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0, 80.0)  # from detail (0.3) to where the sampler starts (80)
+
+
+@torch.no_grad()
+def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = DENOISE_SIGMAS, seed: int = 0) -> dict:
+    """How well the EMA denoiser recovers validation clips at fixed noise levels, and how much the caption moves it.
+
+    The first ``num_clips`` validation clips, one fixed noise draw, no self-conditioning state (the sampler's first
+    step). Per sigma ``s``: ``denoise/mse_sigma_<s>`` = mean (D(x_s) - x)^2; ``denoise/zero_mse`` = mean x^2, what
+    predicting zero scores (an MSE above it: D adds structure the clip does not have, e.g. input noise passed
+    through); ``denoise/caption_effect_sigma_<s>`` = mean |D(x_s; caption) - D(x_s; null caption)| (about 0: the
+    caption is ignored, so guidance has nothing to amplify)."""
+    from ..data.datamodule import EDMDataModule
+    from ..models.text import NULL_CAPTION
+    from ..module import seeded_generator
+
+    dm = EDMDataModule(module.cfg)
+    dm.setup("validate")
+    net, sums, count = module.ema_backbone, {}, 0
+    was_training = net.training
+    net.eval()
+    for i, batch in enumerate(dm.val_dataloader()):
+        batch = {k: v[: num_clips - count] for k, v in batch.items()}
+        b = len(batch["caption"])
+        x = batch["video"].float().to(module.device)
+        cond = module.make_cond(batch)
+        null = module.make_cond({**batch, "caption": [NULL_CAPTION] * b})
+        sigma_in = module.sigma_in_for(batch)
+        eps = torch.randn(x.shape, generator=seeded_generator(seed, i)).to(module.device)
+        terms = {"denoise/zero_mse": x.pow(2).mean((1, 2, 3, 4))}
+        for s in sigmas:
+            sigma = torch.full((b,), float(s), device=module.device)
+            x_sigma = module.edm.noise(x, sigma, eps, sigma_in)
+            d_cond = module.edm.denoise(module._net(net, cond, None), x_sigma, sigma, sigma_in)
+            d_null = module.edm.denoise(module._net(net, null, None), x_sigma, sigma, sigma_in)
+            terms[f"denoise/mse_sigma_{s:g}"] = (d_cond - x).pow(2).mean((1, 2, 3, 4))
+            terms[f"denoise/caption_effect_sigma_{s:g}"] = (d_cond - d_null).abs().mean((1, 2, 3, 4))
+        for key, per_clip in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(per_clip.sum())
+        count += b
+        if count >= num_clips:
+            break
+    net.train(was_training)
+    return {key: total / count for key, total in sums.items()}
+
+
 def evaluate_checkpoint(
     checkpoint: str,
     num_videos: int = 32,
@@ -93,6 +140,7 @@ def evaluate_checkpoint(
                                "steps": steps, "cfg_scale": cfg_scale}
     probe = probe_for(cfg, probe_cache, **(probe_kwargs or {}))
     metrics["probe/val_accuracy"] = probe.meta.get("val_accuracy")
+    metrics.update(denoising_check(module))
     per_seed = [probe_metrics(probe, videos, prompts) for videos in sets]
     for key in per_seed[0]:
         values = torch.tensor([m[key] for m in per_seed], dtype=torch.float64)

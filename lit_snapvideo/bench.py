@@ -11,7 +11,7 @@ What one preset's measurement times (each in a fresh subprocess, so CPU peak RSS
 - ``sample``: a whole sampling run, ``EDMVideoModule.generate``: Heun over N Karras steps (2N - 1 evaluations)
   with classifier-free guidance (the batch doubled to 2B), reported per video.
 - ``train``: ``EDMVideoModule.diffusion_loss`` (for FIT with its no-grad self-conditioning pass, p = 0.9),
-  backward, gradient clipping and the paper optimiser (Adam / LAMB) step; no EMA update.
+  backward, gradient clipping and the paper optimiser (AdamW / LAMB) step; no EMA update.
 Text embeddings are precomputed random tensors (the paper's T5 is frozen; its cost is not the backbone's).
 Method (nanoGPT habit): warm-up calls, then ``repeats`` synchronised timings; median and inter-quartile range.
 FLOPs: ``presets.forward_flops`` (torch's FlopCounterMode, one multiply-add = 2 FLOPs); a training step counts
@@ -634,7 +634,7 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
         f"- Method: {settings.warmup} warm-up call(s), then {settings.repeats} synchronised repeats; "
         f"median [inter-quartile range] in ms per video. Text embeddings precomputed (77 x 1024 for the paper "
         f"presets, {text_shape('fit_small')[0]} x {text_shape('fit_small')[1]} for the small ones).",
-        "- Train: forward (FIT: plus its no-grad self-conditioning pass), backward, grad clipping, Adam (U-Net) / "
+        "- Train: forward (FIT: plus its no-grad self-conditioning pass), backward, grad clipping, AdamW (U-Net) / "
         "LAMB (FIT) step. Infer/eval: one denoiser evaluation, batch B, no guidance (the paper's Inf. Thr. is most "
         f"likely this, §9). Sample: a whole Heun run, {settings.sample_steps} steps = "
         f"{2 * settings.sample_steps - 1} evaluations, classifier-free guidance (batch doubled), per video.",

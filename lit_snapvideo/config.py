@@ -105,8 +105,9 @@ class TextConfig:
 @dataclass
 class OptimConfig:
     """Optimiser and schedule (paper Tab. 9). ``name: auto`` (and ``lr``/``betas`` left null) takes the paper's
-    choice for the backbone: Adam, lr 1e-4, betas (0.9, 0.999) for the U-Net; timm's LAMB, lr 5e-3, betas
-    (0.9, 0.99) for FIT. ``adam``, ``adamw`` or ``lamb`` force one."""
+    choice for the backbone: AdamW (Table 9's "Adam" with decoupled weight decay), lr 1e-4, betas (0.9, 0.999) for the
+    U-Net; timm's LAMB, lr 5e-3, betas (0.9, 0.99) for FIT. ``adam`` (torch's, weight decay as L2), ``adamw`` or
+    ``lamb`` force one."""
 
     name: str = "auto"
     lr: Optional[float] = None

@@ -4,7 +4,7 @@
           -> x_sigma = x / sigma_in + sigma eps -> edm (c_in, c_noise) -> backbone -> F -> w (F - c_nrm v)^2
 
 The two faces differ only where the paper makes them differ:
-- :class:`UNetModule`: Adam, lr 1e-4, betas (0.9, 0.999), weight decay 0.01 (paper Tab. 9); no latent state.
+- :class:`UNetModule`: AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01 (paper Tab. 9: "Adam"; decoupled decay, see PAPER_OPTIM); no latent state.
 - :class:`FITModule`: timm's LAMB, lr 5e-3, betas (0.9, 0.99), weight decay 0.01, and latent self-conditioning
   (p = 0.9): a first forward pass without gradient gives latents, zeroed for 10% of the batch, that the trained
   second pass receives (pix2seq's ``self_cond_by_masking``).

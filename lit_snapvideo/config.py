@@ -69,7 +69,8 @@ class DiffusionConfig:
 @dataclass
 class DataConfig:
     """Where clips come from and how they are shaped. ``root`` is a folder of videos (or the
-    embedded moving-shapes set, generated on first use when it is the default and missing)."""
+    embedded moving-shapes set, generated on first use when it is one of its default folders, ``data/shapes`` or
+    ``data/shapes_simple``, and missing)."""
 
     root: str = "data/shapes"
     manifest: Optional[str] = None  # CSV/JSONL with path, caption[, fps, split]; relative to root
@@ -84,7 +85,7 @@ class DataConfig:
     val_batch_size: int = 8
     num_workers: int = 2
     limit_val_clips: int = 64  # validation clips used for the fixed-sigma validation loss
-    # the embedded moving-shapes set (generated when root is the default and missing)
+    # the embedded moving-shapes set (generated when root is data/shapes or data/shapes_simple and missing)
     n_train: int = 4000
     n_val: int = 256
     seed: int = 0

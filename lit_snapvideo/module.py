@@ -36,7 +36,7 @@ from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
 log = logging.getLogger(__name__)
 
 # The paper's optimiser per backbone (Tab. 9); ``optim.name/lr/betas`` set to a value override these.
-# Table 9. The U-Net's "Adam, weight decay 0.01" is read as decoupled decay (AdamW): torch's Adam adds the decay to
+# The U-Net's "Adam, weight decay 0.01" is read as decoupled decay (AdamW): torch's Adam adds the decay to
 # the gradient, where Adam's normalisation turns it into a shrink of ~lr per step for any weight whose own gradient
 # is small. Measured on the CPU ablation (Adam lr 3e-3, 800 steps): every U-Net text cross-attention weight and the
 # text projection ended with norm < 5e-5, so the U-Net ignored the caption; FIT's attention queries fell to ~2e-4.

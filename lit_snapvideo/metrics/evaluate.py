@@ -2,8 +2,9 @@
 
 Always (offline): the embedded set's probe metrics (prompt accuracy, probe-FVD, temporal consistency), when the
 run's data set is the embedded moving-shapes set (its captions carry the ground truth), and the denoising check
-(:func:`denoising_check`: the denoiser's error and the caption's effect at fixed noise levels, any data set). With the detector files a
-user brings: FVD (stylegan-v protocol, TorchScript I3D), per-frame FID (TorchScript Inception) and CLIPSIM (open_clip).
+(:func:`denoising_check`: the denoiser's error and the caption's effect at fixed noise levels, any data set).
+With the detector files a user brings: FVD (stylegan-v protocol, TorchScript I3D), per-frame FID (TorchScript
+Inception) and CLIPSIM (open_clip).
 FVD is named after the number of videos it used (``fvd{N}_16f``) and reported as mean and std over sampling seeds.
 """
 

@@ -129,11 +129,29 @@ def test_padded_text_tokens_are_ignored_and_conditioning_matters(preset):
     padded["text"][:, 3:] = 100.0  # only padded positions change
     torch.testing.assert_close(model(x, c_noise, padded)[0], base)
     real = dict(cond, text=cond["text"].clone())
-    real["text"][:, 0] += 1.0
-    assert not torch.allclose(model(x, c_noise, real)[0], base)
+    real["text"][:, 0] += torch.linspace(-1, 1, TEXT_DIM)  # not a uniform shift: the text LayerNorm removes those
+    assert not torch.allclose(model(x, c_noise, real)[0], base, atol=1e-4)
     video = dict(cond, fps=torch.full((2,), 8.0))  # sample 1 turns from a still image into a video
     assert not torch.allclose(model(x, c_noise, video)[0][1], base[1])
     assert not torch.allclose(model(x, c_noise + 0.5, cond)[0], base)
+
+
+def test_unet_pooled_text_enters_the_resblock_embedding():
+    """pooled_text adds the masked mean text token to the scale-shift vector; padded tokens stay ignored."""
+    plain, pooled = tiny("unet_tiny").cond_embed, tiny("unet_tiny", pooled_text=True).cond_embed
+    _, c_noise, cond = inputs()
+    cond["text_mask"][:, 3:] = False
+    other = dict(cond, text=cond["text"].clone())
+    other["text"][:, 0] += torch.linspace(-1, 1, TEXT_DIM)  # not a uniform shift: the text LayerNorm removes those
+    assert torch.equal(plain(c_noise, cond)[2], plain(c_noise, other)[2])  # off: text only via cross-attention
+    tokens, _, vector = pooled(c_noise, cond)
+    text = tokens[:, 3:6]  # the 3 real (projected) text tokens
+    expected = tokens[:, 0] + tokens[:, 1] + tokens[:, 2] + pooled.pooled_text(text.mean(1))
+    torch.testing.assert_close(vector, expected)
+    padded = dict(cond, text=cond["text"].clone())
+    padded["text"][:, 3:] = 100.0
+    torch.testing.assert_close(pooled(c_noise, padded)[2], vector)
+    assert not torch.allclose(pooled(c_noise, other)[2], vector)
 
 
 @pytest.mark.parametrize("preset", TINY)

@@ -78,10 +78,11 @@ class ConditioningEmbedding(nn.Module):
     """Noise level, frame rate, original size and text -> conditioning tokens of width ``dim``.
 
     forward(c_noise (B,), cond) -> (tokens (B, 3+L, dim), mask (B, 3+L) bool True=attend, vector (B, dim))
-    where tokens = [sigma, fps, size, text_1..text_L] and vector = sigma + fps + size tokens.
+    where tokens = [sigma, fps, size, text_1..text_L] and vector = sigma + fps + size tokens, plus with
+    ``pooled_text`` a linear map of the masked mean of the text tokens (Imagen's pooled text embedding).
     """
 
-    def __init__(self, dim: int, text_dim: int):
+    def __init__(self, dim: int, text_dim: int, pooled_text: bool = False):
         super().__init__()
         self.sigma = ScalarEmbedding(dim, scale=1000.0)
         self.fps = ScalarEmbedding(dim)
@@ -89,6 +90,7 @@ class ConditioningEmbedding(nn.Module):
         self.size_freq_dim = max(dim // 8, 16)
         self.size = nn.Sequential(nn.Linear(2 * self.size_freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.text = nn.Sequential(nn.LayerNorm(text_dim, eps=LN_EPS), nn.Linear(text_dim, dim))
+        self.pooled_text = nn.Linear(dim, dim) if pooled_text else None
 
     def forward(self, c_noise: torch.Tensor, cond: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         check_cond(cond, c_noise.shape[0])
@@ -109,7 +111,12 @@ class ConditioningEmbedding(nn.Module):
             [scalar_tokens.new_ones(scalar_tokens.shape[:2], dtype=torch.bool), cond["text_mask"].bool()],
             dim=1,
         )
-        return tokens, mask, sigma_token + fps_token + size_token
+        vector = sigma_token + fps_token + size_token
+        if self.pooled_text is not None:
+            text_mask = cond["text_mask"].to(text_tokens.dtype)[..., None]  # (B, L, 1)
+            mean = (text_tokens * text_mask).sum(1) / text_mask.sum(1).clamp(min=1.0)
+            vector = vector + self.pooled_text(mean)
+        return tokens, mask, vector
 
 
 class Attention(nn.Module):

@@ -138,6 +138,7 @@ class UNet3D(nn.Module):
         dropout: float = 0.1,
         norm_groups: int = 32,
         max_frames: int = 64,
+        pooled_text: bool = False,  # also add the mean text token to the ResBlocks' scale-shift embedding
         grad_checkpointing: bool = False,
     ):
         super().__init__()
@@ -145,7 +146,7 @@ class UNet3D(nn.Module):
         self.levels = len(channel_mult)
         self.grad_checkpointing = grad_checkpointing
         attention_factors = {reference_size // r for r in attention_resolutions}
-        self.cond_embed = ConditioningEmbedding(cond_dim, text_dim)
+        self.cond_embed = ConditioningEmbedding(cond_dim, text_dim, pooled_text)
 
         def res(cin, cout, resample=None):
             return ResBlock(cin, cout, cond_dim, dropout, norm_groups, resample)

@@ -73,6 +73,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                       latent_head_dim=32, dropout=0.0),
     "unet_small": dict(kind="unet", base_channels=8, channel_mult=(1, 1, 2, 4), num_res_blocks=1,
                        attention_resolutions=(16, 8), head_channels=8, cond_dim=128, dropout=0.0, norm_groups=4),
+    # the CPU ablation pair at 8 x 24 x 40 (experiments/ablation/; see the module docstring)
+    "fit_mini": dict(kind="fit", input_size=(8, 24, 40), patch_size=(1, 4, 4), group_size=(8, 3, 5), patch_dim=64,
+                     latent_dim=128, num_latents=128, cond_dim=128, num_blocks=2, global_layers=2, patch_head_dim=32,
+                     latent_head_dim=32, dropout=0.0),
+    "unet_mini": dict(kind="unet", base_channels=8, channel_mult=(1, 1, 2, 4), num_res_blocks=1,
+                      attention_resolutions=(32, 16, 8), head_channels=8, cond_dim=128, dropout=0.0, norm_groups=4,
+                      pooled_text=True),
     # unit-test sizes: 8 x 16 x 16 videos
     "fit_tiny": dict(kind="fit", input_size=(8, 16, 16), patch_size=(1, 4, 4), group_size=(8, 2, 2), patch_dim=32,
                      latent_dim=64, num_latents=80, cond_dim=32, num_blocks=2, global_layers=1, patch_head_dim=16,

@@ -54,19 +54,24 @@ def load_run(run_dir: str | Path) -> dict:
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path}: no run summary (train it first, e.g. make ablation-fit)")
     run = json.loads(summary_path.read_text())
-    config_path = run_dir / "config.yaml"  # summaries written before data_root was recorded: the run's config
-    if "data_root" not in run and config_path.is_file():
-        run["data_root"] = (yaml.safe_load(config_path.read_text()) or {}).get("data", {}).get("root")
+    config_path = run_dir / "config.yaml"  # summaries written before data_root / clip were recorded: the run's config
+    if ("data_root" not in run or "clip" not in run) and config_path.is_file():
+        data = (yaml.safe_load(config_path.read_text()) or {}).get("data", {})
+        run.setdefault("data_root", data.get("root"))
+        if data.get("frames") and data.get("pad_to"):
+            run.setdefault("clip", [data["frames"], *data["pad_to"]])
     metrics_path = run_dir / "metrics.json"
     run["metrics"] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return run
 
 
 def data_sets(runs: list[dict]) -> str:
-    """The runs' data folders for a report's header, e.g. "`data/shapes_simple`" (summaries before it was recorded:
-    "the embedded moving-shapes set")."""
+    """The runs' data folders and clip shapes for a report's header, e.g. "`data/shapes_simple` (8x24x40 clips, ...)"
+    (summaries and configs without a data root: "the embedded moving-shapes set")."""
     roots = sorted({r["data_root"] for r in runs if r.get("data_root")})
-    return ", ".join(f"`{root}`" for root in roots) if roots else "the embedded moving-shapes set"
+    sets = ", ".join(f"`{root}`" for root in roots) if roots else "the embedded moving-shapes set"
+    clips = sorted({"x".join(str(n) for n in r["clip"]) for r in runs if r.get("clip")})
+    return f"{sets} ({', '.join(clips)} clips, frames x H x W as the backbone saw them)" if clips else sets
 
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:

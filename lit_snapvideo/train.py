@@ -155,6 +155,7 @@ def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, traine
         "nonfinite_steps": module.nonfinite_total,
         "skipped_files": trainer.datamodule.skipped_files() if hasattr(trainer.datamodule, "skipped_files") else None,
         "data_root": cfg.data.root,
+        "clip": [cfg.data.frames, *cfg.data.pad_to],  # frames, H, W the backbone saw (padded)
         "optimizer": module.optimizer_settings()["name"],
         "sigma_in": cfg.diffusion.sigma_in,
         "sigma_data": cfg.diffusion.sigma_data,

@@ -33,15 +33,16 @@ def test_compare_table2_layout_and_ratios(tmp_path):
 
 
 def test_reports_name_the_runs_data(tmp_path):
-    """The header names each run's data folder: from summary.json, or from config.yaml for older summaries."""
+    """The header names each run's data folder and clip shape: from summary.json, or from config.yaml for older
+    summaries."""
     fit = _run(tmp_path, "fit", "fit", 50.0, 10.0)
     unet = _run(tmp_path, "unet", "unet", 150.0, 40.0)
     summary = json.loads((fit / "summary.json").read_text())
-    (fit / "summary.json").write_text(json.dumps({**summary, "data_root": "data/shapes_simple"}))
-    (unet / "config.yaml").write_text("data:\n  root: /my/videos\n")
+    (fit / "summary.json").write_text(json.dumps({**summary, "data_root": "data/shapes_simple", "clip": [8, 24, 40]}))
+    (unet / "config.yaml").write_text("data:\n  root: /my/videos\n  frames: 16\n  pad_to: [40, 64]\n")
     text = compare_runs([fit, unet], tmp_path / "ablation.md")
-    assert "CPU-scale presets on `/my/videos`, `data/shapes_simple`;" in text
-    assert "fit_small on `data/shapes_simple`," in sigma_report([fit], tmp_path / "sigma.md")
+    assert "CPU-scale presets on `/my/videos`, `data/shapes_simple` (16x40x64, 8x24x40 clips," in text
+    assert "fit_small on `data/shapes_simple` (8x24x40 clips," in sigma_report([fit], tmp_path / "sigma.md")
     assert "on the embedded moving-shapes set" in sigma_report([_run(tmp_path, "old", "fit", 1.0, 1.0)], tmp_path / "s.md")
 
 

@@ -1,6 +1,7 @@
 """Training end to end at tiny sizes: the real config loader, DataModule (real mp4 files), Lightning Trainer."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import tiny_overrides
 from lit_snapvideo.config import load_config
+from lit_snapvideo.models.presets import forward_flops, preset_kwargs
 from lit_snapvideo.module import FITModule, NonFiniteLossError, UNetModule, load_module, module_for
 from lit_snapvideo.train import fit
 
@@ -20,6 +22,20 @@ def test_fast_dev_run_through_real_config(shapes_root, tmp_path, name, preset, c
     cfg = load_config(EXPERIMENTS / f"{name}.yaml", tiny_overrides(shapes_root, tmp_path, preset))
     assert module_for(cfg) is cls
     fit(cfg, enable_progress_bar=False, fast_dev_run=2)
+
+
+def test_ablation_pair_is_built_for_the_ablation_clip():
+    """Both ablation configs share the clip; FIT-mini learns its positional table at exactly that clip, the
+    U-Net divides into its 4 levels, sigma_in follows the paper's rule s * sqrt(T) (s = width / 64), and the
+    pair's forward costs stay within 2x of each other."""
+    fit_cfg, unet_cfg = (load_config(EXPERIMENTS / f"{name}.yaml") for name in ("fit", "unet"))
+    clip = (fit_cfg.data.frames, *fit_cfg.data.pad_to)
+    assert clip == (unet_cfg.data.frames, *unet_cfg.data.pad_to)
+    assert fit_cfg.diffusion.sigma_in == unet_cfg.diffusion.sigma_in
+    assert fit_cfg.diffusion.sigma_in == pytest.approx(clip[2] / 64 * math.sqrt(clip[0]), abs=0.005)
+    assert tuple(preset_kwargs(fit_cfg.model.preset)[1]["input_size"]) == clip
+    flops = [forward_flops(cfg.model.preset, clip[0], clip[1:], text_dim=256) for cfg in (fit_cfg, unet_cfg)]
+    assert max(flops) / min(flops) < 2.0
 
 
 def test_paper_optimiser_defaults(shapes_root, tmp_path):
@@ -63,6 +79,7 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
     assert images and images[-1].encoded_image_string[:6] in (b"GIF87a", b"GIF89a")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["final_val_loss"] > 0 and summary["train_ms_per_video"] > 0
+    assert summary["clip"] == [cfg.data.frames, *cfg.data.pad_to]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (run_dir / "samples").glob("*.gif")) == ["step_000002.gif", "step_000004.gif"]
     from lit_snapvideo.report import plot_curves

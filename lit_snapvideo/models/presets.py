@@ -16,12 +16,14 @@ FlopCounterMode on the meta device (a multiply-add counts 2).
     fit_3_9b        3.9B      4013.0M         6432
     fit_small          -         2.1M          1.50
     unet_small         -         0.5M          1.34
+    fit_mini           -         1.9M          0.53  (at its own 8 x 24 x 40 clip; n/a at 16 x 40 x 64)
+    unet_mini          -         0.5M          0.31  (at 8 x 24 x 40)
     fit_tiny, unet_tiny: unit-test sizes (0.4M / 0.1M; 8 x 16 x 16 clips, a training step in ~50 / ~150 ms).
 
 FIT-500M needs 2.7x fewer FLOPs per video than U-Net-284M; the paper measures 3.3x faster training (Table 2).
 
-The small presets are the CPU ablation pair: the same architecture families, narrow and shallow, at matched
-forward FLOPs (1.3-1.5 GFLOPs per video) so the ablation compares them at equal steps and near-equal compute.
+The small presets are the CPU pair at the paper's clip size (``make bench``): the same architecture families,
+narrow and shallow, at matched forward FLOPs (1.3-1.5 GFLOPs per video).
 * fit_small keeps the paper's layout: patch 1x4x4, groups 16x5x4 patches (8 groups), 256 latents (32 per group),
   2 blocks x 2 global layers. Its 2,560 patch tokens cost most, so the patch side is narrow (64) and the
   latent side wider (128); cond width 128.
@@ -37,6 +39,19 @@ forward FLOPs (1.3-1.5 GFLOPs per video) so the ablation compares them at equal 
   pass), unet_small 1.61 s; i.e. ~45 and ~20 GFLOP/s of training work. The U-Net's convolutions, GroupNorms
   and element-wise ops over narrow full-resolution maps are memory bound. With 2 torch threads the same steps
   took 3.4 s and 6.0 s: on a busy machine the OpenMP threads wait on each other, so train with 1 thread there.
+
+The mini presets are the CPU ablation pair (experiments/ablation/), on 8-frame 24x40 clips: at 16 x 40 x 64 a
+20-minute run saw 6,400 videos and neither small preset drew recognisable samples.
+* fit_mini is fit_small's layout at that clip: patch 1x4x4, groups 8x3x5 patches (4 groups of 120), 128 latents
+  (32 per group, as in fit_small), learned positional table for 8 x 6 x 10 patches.
+* unet_mini is unet_small plus Table 7's attention at downsample factor 2 (12x20 maps; +23% FLOPs at this size)
+  and ``pooled_text``: the mean text token also enters every ResBlock's scale-shift embedding (Imagen). With
+  cross-attention alone, 1,000 steps of batch 16 (1 thread) drew the prompted background for 1 of the 4 sample
+  prompts and no prompted object colour; with both changes, the prompted background for 4 of 4, red and green
+  objects where asked, a cyan one for "blue" and none for "yellow" (the two changes were not measured apart).
+* The pair is not FLOP-matched at this clip (0.53 against 0.31 GFLOPs; with 64 latents FIT would be 0.31): the
+  latent side is a fixed cost that the small clip no longer hides. Measured on an idle 2-core CPU, 2 threads,
+  batch 16: fit_mini 0.42 s, unet_mini 0.62 s per training step.
 """
 
 from __future__ import annotations

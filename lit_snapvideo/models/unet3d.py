@@ -31,7 +31,9 @@ Where the paper is silent (§4 lists it as unknown) and what this module does:
 * Text enters by cross-attention in the attention blocks (the Imagen / LDM way) over the same conditioning
   tokens FIT reads: [sigma, fps, size, text...] at ``cond_dim`` (768) channels, padded text masked out.
   sigma, fps and original size are also summed into one 768-channel embedding that drives every ResBlock's
-  scale-shift norm (ADM's timestep embedding; Table 7's "conditioning channels 768").
+  scale-shift norm (ADM's timestep embedding; Table 7's "conditioning channels 768"). ``pooled_text=True``
+  (off in the paper presets, on in the CPU ablation's unet_mini) adds the mean text token to that embedding too,
+  Imagen's pooled text path: a direct route for the caption's global content (background, colour).
 * Convolutions are 2D, applied per frame on (B*T, C, H, W); GroupNorm statistics are per frame. Down- and
   upsampling are spatial only (T stays whole, as the paper's 16-frame clips are short), inside residual blocks
   (2x2 average pooling / nearest-neighbour x2; ADM's ``resblock_updown=True``, its ImageNet-64 setting). With

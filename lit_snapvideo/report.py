@@ -65,7 +65,7 @@ def load_run(run_dir: str | Path) -> dict:
     return run
 
 
-def data_sets(runs: list[dict]) -> str:
+def data_description(runs: list[dict]) -> str:
     """The runs' data folders and clip shapes for a report's header, e.g. "`data/shapes_simple` (8x24x40 clips, ...)"
     (summaries and configs without a data root: "the embedded moving-shapes set")."""
     roots = sorted({r["data_root"] for r in runs if r.get("data_root")})
@@ -78,7 +78,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:
     """Write ``out`` (markdown) comparing the runs with the paper's Table 2; returns the text."""
     runs = [load_run(r) for r in run_dirs]
     lines = ["# Ablation: FIT vs 3D U-Net (paper Table 2 in miniature)", ""]
-    lines.append(f"Our runs (this machine; CPU-scale presets on {data_sets(runs)}; "
+    lines.append(f"Our runs (this machine; CPU-scale presets on {data_description(runs)}; "
                  "ms/video measured during training, batch as configured, fp32):")
     lines.append("")
     quality_keys = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))
@@ -129,7 +129,7 @@ def sigma_report(run_dirs: list[str | Path], out: str | Path) -> str:
     """results/sigma_ablation.md: our Table 3 rows (probe metrics) beside the paper's (FID/FVD/CLIPSIM)."""
     runs = {r["experiment"]: r for r in (load_run(d) for d in run_dirs)}
     lines = ["# Diffusion-framework ablation (paper Table 3 at CPU scale)", "",
-             f"Ours: fit_small on {data_sets(list(runs.values()))}, equal steps, embedded-set probe metrics (prompt "
+             f"Ours: fit_small on {data_description(list(runs.values()))}, equal steps, embedded-set probe metrics (prompt "
              "accuracy: higher is better; probe-FVD: lower is better; they do not compare with published FVD). "
              "Paper: FIT 500M on its internal data set.", "",
              "| row | sigma_data | sigma_in | steps | val loss* | prompt acc. | probe-FVD | temporal cons. | paper FID | paper FVD | paper CLIPSIM |",

@@ -66,6 +66,27 @@ def test_denoising_check_error_and_caption_effect(tiny_checkpoint, monkeypatch):
     assert all(ignored[f"denoise/caption_effect_sigma_{s:g}"] == 0 for s in DENOISE_SIGMAS)
 
 
+def test_denoising_check_noise_leak_of_a_denoiser_that_outputs_c_skip_x_sigma(tiny_checkpoint):
+    """With F = 0 the denoiser is D = c_skip x_sigma, x_sigma = x / s + sigma eps (paper Table 1: c_skip =
+    s sd^2 / (s sigma^2 + sd^2)), so <D - x, eps> / <eps, eps> = c_skip sigma + (c_skip / s - 1) <x, eps> / <eps, eps>."""
+    from lit_snapvideo.data.datamodule import EDMDataModule
+    from lit_snapvideo.module import load_module, seeded_generator
+
+    module = load_module(str(tiny_checkpoint))
+    torch.nn.init.zeros_(module.ema_backbone.out_proj.weight)
+    torch.nn.init.zeros_(module.ema_backbone.out_proj.bias)
+    result = denoising_check(module, num_clips=8)
+    dm = EDMDataModule(module.cfg)
+    dm.setup("validate")
+    x = next(iter(dm.val_dataloader()))["video"].double()  # the tiny set's 2 validation clips, one batch
+    eps = torch.randn(x.shape, generator=seeded_generator(0, 0)).double()
+    s, sd = module.cfg.diffusion.sigma_in, module.cfg.diffusion.sigma_data
+    for sigma in DENOISE_SIGMAS:
+        c_skip = s * sd**2 / (s * sigma**2 + sd**2)
+        per_clip = c_skip * sigma + (c_skip / s - 1) * (x * eps).sum((1, 2, 3, 4)) / eps.pow(2).sum((1, 2, 3, 4))
+        assert result[f"denoise/noise_leak_sigma_{sigma:g}"] == pytest.approx(per_clip.mean().item(), abs=1e-5)
+
+
 def test_evaluate_cli_errors(tiny_checkpoint, tmp_path, capsys):
     assert main(["evaluate", str(tiny_checkpoint), "--fvd-detector", str(tmp_path / "missing.pt")]) == 2
     assert "--fvd-detector" in capsys.readouterr().err

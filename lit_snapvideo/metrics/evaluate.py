@@ -74,7 +74,10 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
     step). Per sigma ``s``: ``denoise/mse_sigma_<s>`` = mean (D(x_s) - x)^2; ``denoise/zero_mse`` = mean x^2, what
     predicting zero scores (an MSE above it: D adds structure the clip does not have, e.g. input noise passed
     through); ``denoise/caption_effect_sigma_<s>`` = mean |D(x_s; caption) - D(x_s; null caption)| (about 0: the
-    caption is ignored, so guidance has nothing to amplify)."""
+    caption is ignored, so guidance has nothing to amplify); ``denoise/noise_leak_sigma_<s>`` = <D(x_s) - x, eps> /
+    <eps, eps>, the share of the input noise eps that D passes through (0 for a denoiser that removes it). The sampler
+    follows one noise direction from sigma_max down, so a leak at high and mid sigma adds up in the sample: about
+    sum over its steps of leak * d(ln sigma) times that first noise, left as grain or patch speckle."""
     from ..data.datamodule import EDMDataModule
     from ..models.text import NULL_CAPTION
     from ..module import seeded_generator
@@ -100,6 +103,7 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
             d_null = module.edm.denoise(module._net(net, null, None), x_sigma, sigma, sigma_in)
             terms[f"denoise/mse_sigma_{s:g}"] = (d_cond - x).pow(2).mean((1, 2, 3, 4))
             terms[f"denoise/caption_effect_sigma_{s:g}"] = (d_cond - d_null).abs().mean((1, 2, 3, 4))
+            terms[f"denoise/noise_leak_sigma_{s:g}"] = ((d_cond - x) * eps).sum((1, 2, 3, 4)) / eps.pow(2).sum((1, 2, 3, 4))
         for key, per_clip in terms.items():
             sums[key] = sums.get(key, 0.0) + float(per_clip.sum())
         count += b

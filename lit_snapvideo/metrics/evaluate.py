@@ -76,10 +76,10 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
     through); ``denoise/caption_effect_sigma_<s>`` = mean |D(x_s; caption) - D(x_s; null caption)| (about 0: the
     caption is ignored, so guidance has nothing to amplify); ``denoise/noise_leak_sigma_<s>`` = <D(x_s) - x, eps> /
     <eps, eps>, the share of the input noise eps left in D's estimate. The ideal denoiser (the posterior mean) has
-    a small positive share where the clip is uncertain given x_s and none at very high or very low sigma (Gaussian
-    data of variance v, sigma_in s: s v sigma / (v + s^2 sigma^2)); a negative one, or a large one at high sigma, is noise the
-    network passes through. The sampler's ODE moves along that noise, so what passes through at every step adds
-    up in the sample as grain or patch speckle."""
+    a small positive share where the clip is uncertain given x_s and none at very high or very low sigma
+    (Gaussian data of variance v, sigma_in s: s v sigma / (v + s^2 sigma^2)). A negative share, or a large one at
+    high sigma, is noise the network passes through. The sampler's ODE moves along that noise, so what passes
+    through at every step adds up in the sample as grain or patch speckle."""
     from ..data.datamodule import EDMDataModule
     from ..models.text import NULL_CAPTION
     from ..module import seeded_generator

@@ -97,15 +97,17 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
         null = module.make_cond({**batch, "caption": [NULL_CAPTION] * b})
         sigma_in = module.sigma_in_for(batch)
         eps = torch.randn(x.shape, generator=seeded_generator(seed, i)).to(module.device)
+        eps_energy = eps.pow(2).sum((1, 2, 3, 4))  # <eps, eps> per clip, the noise-leak denominator
         terms = {"denoise/zero_mse": x.pow(2).mean((1, 2, 3, 4))}
         for s in sigmas:
             sigma = torch.full((b,), float(s), device=module.device)
             x_sigma = module.edm.noise(x, sigma, eps, sigma_in)
             d_cond = module.edm.denoise(module._net(net, cond, None), x_sigma, sigma, sigma_in)
             d_null = module.edm.denoise(module._net(net, null, None), x_sigma, sigma, sigma_in)
-            terms[f"denoise/mse_sigma_{s:g}"] = (d_cond - x).pow(2).mean((1, 2, 3, 4))
+            error = d_cond - x
+            terms[f"denoise/mse_sigma_{s:g}"] = error.pow(2).mean((1, 2, 3, 4))
             terms[f"denoise/caption_effect_sigma_{s:g}"] = (d_cond - d_null).abs().mean((1, 2, 3, 4))
-            terms[f"denoise/noise_leak_sigma_{s:g}"] = ((d_cond - x) * eps).sum((1, 2, 3, 4)) / eps.pow(2).sum((1, 2, 3, 4))
+            terms[f"denoise/noise_leak_sigma_{s:g}"] = (error * eps).sum((1, 2, 3, 4)) / eps_energy
         for key, per_clip in terms.items():
             sums[key] = sums.get(key, 0.0) + float(per_clip.sum())
         count += b

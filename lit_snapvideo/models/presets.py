@@ -71,6 +71,14 @@ from .unet3d import UNet3D
 
 PAPER_TEXT_DIM = 1024  # T5-11B d_model (paper §3.2)
 
+# The small CPU pair at the paper's clip (~1.3-1.5 forward GFLOPs per 16x40x64 video each; `make bench`);
+# dropout off, see the module docstring
+_FIT_SMALL = dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=64, latent_dim=128,
+                  num_latents=256, cond_dim=128, num_blocks=2, global_layers=2, patch_head_dim=32,
+                  latent_head_dim=32, dropout=0.0)
+_UNET_SMALL = dict(kind="unet", base_channels=8, channel_mult=(1, 1, 2, 4), num_res_blocks=1,
+                   attention_resolutions=(16, 8), head_channels=8, cond_dim=128, dropout=0.0, norm_groups=4)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 7: ADM U-Nets with interleaved temporal attention
     "unet_85m": dict(kind="unet", base_channels=128, channel_mult=(1, 2, 2, 3), num_res_blocks=2,
@@ -84,19 +92,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fit_3_9b": dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=1024, latent_dim=3072,
                      num_latents=768, cond_dim=1024, num_blocks=6, global_layers=4, patch_head_dim=64,
                      latent_head_dim=128, dropout=0.1),
-    # CPU ablation pair (~1.3-1.5 forward GFLOPs per 16x40x64 video each); dropout off, see the module docstring
-    "fit_small": dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=64, latent_dim=128,
-                      num_latents=256, cond_dim=128, num_blocks=2, global_layers=2, patch_head_dim=32,
-                      latent_head_dim=32, dropout=0.0),
-    "unet_small": dict(kind="unet", base_channels=8, channel_mult=(1, 1, 2, 4), num_res_blocks=1,
-                       attention_resolutions=(16, 8), head_channels=8, cond_dim=128, dropout=0.0, norm_groups=4),
-    # the CPU ablation pair at 8 x 24 x 40 (experiments/ablation/; see the module docstring)
-    "fit_mini": dict(kind="fit", input_size=(8, 24, 40), patch_size=(1, 4, 4), group_size=(8, 3, 5), patch_dim=64,
-                     latent_dim=128, num_latents=128, cond_dim=128, num_blocks=2, global_layers=2, patch_head_dim=32,
-                     latent_head_dim=32, dropout=0.0),
-    "unet_mini": dict(kind="unet", base_channels=8, channel_mult=(1, 1, 2, 4), num_res_blocks=1,
-                      attention_resolutions=(32, 16, 8), head_channels=8, cond_dim=128, dropout=0.0, norm_groups=4,
-                      pooled_text=True),
+    "fit_small": _FIT_SMALL,
+    "unet_small": _UNET_SMALL,
+    # the CPU ablation pair at 8 x 24 x 40 (experiments/ablation/; see the module docstring): the small pair's
+    # layers with FIT's grid, groups and latents resized to that clip, and the U-Net's extra attention level and
+    # pooled text
+    "fit_mini": {**_FIT_SMALL, "input_size": (8, 24, 40), "group_size": (8, 3, 5), "num_latents": 128},
+    "unet_mini": {**_UNET_SMALL, "attention_resolutions": (32, 16, 8), "pooled_text": True},
     # unit-test sizes: 8 x 16 x 16 videos
     "fit_tiny": dict(kind="fit", input_size=(8, 16, 16), patch_size=(1, 4, 4), group_size=(8, 2, 2), patch_dim=32,
                      latent_dim=64, num_latents=80, cond_dim=32, num_blocks=2, global_layers=1, patch_head_dim=16,

@@ -44,8 +44,8 @@ The mini presets are the CPU ablation pair (experiments/ablation/), on 8-frame 2
 20-minute run saw 6,400 videos and neither small preset drew recognisable samples.
 * fit_mini is fit_small's layout at that clip: patch 1x4x4, groups 8x3x5 patches (4 groups of 120), 128 latents
   (32 per group, as in fit_small), learned positional table for 8 x 6 x 10 patches. With patch_dim 128 (0.85
-  GFLOPs) the ablation's validation loss was 0.274 against 0.295 after 1,600 steps, in 958 s against 777 s, and
-  the samples were the same 4x4-patch noise over the prompted background; so the patch side stays 64.
+  GFLOPs) the ablation's validation loss was 0.274 against 0.295 after 1,600 steps of batch 16, in 958 s against
+  777 s, and the samples were the same 4x4-patch noise over the prompted background; so the patch side stays 64.
 * unet_mini is unet_small plus Table 7's attention at downsample factor 2 (12x20 maps; +23% FLOPs at this size)
   and ``pooled_text``: the mean text token also enters every ResBlock's scale-shift embedding (Imagen). With
   cross-attention alone, 1,000 steps of batch 16 (1 thread) drew the prompted background for 1 of the 4 sample

@@ -161,6 +161,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fid-detector", help="path to a TorchScript Inception feature network")
     p.add_argument("--clip-model", help="open_clip model name for CLIPSIM, e.g. ViT-B-32")
     p.add_argument("--clip-checkpoint", help="path to that open_clip model's weights")
+    p.add_argument("--sigma-max", type=float, default=None,
+                   help="the sampler's starting sigma (default: the run's diffusion.sigma_max)")
     p.add_argument("--out", help="metrics file (default: <run dir>/metrics.json)")
     p.set_defaults(run=_run_evaluate)
 
@@ -182,6 +184,11 @@ def _run_evaluate(args: argparse.Namespace) -> None:
             if not Path(path).is_file():
                 raise UserError(f"--{flag.replace('_', '-')} {path}: file not found")
     module = _load_checkpoint(args.checkpoint)  # clear errors for a missing or foreign checkpoint before any work
+    if args.sigma_max is not None:
+        if not args.sigma_max > module.cfg.diffusion.sigma_min:
+            raise UserError(f"--sigma-max must be > the run's sigma_min {module.cfg.diffusion.sigma_min}, "
+                            f"got {args.sigma_max}")
+        module.cfg.diffusion.sigma_max = args.sigma_max
     try:
         metrics = evaluate_checkpoint(args.checkpoint, args.num_videos, args.steps, args.cfg, args.seeds,
                                       args.batch_size, args.fvd_detector, args.fid_detector, args.clip_model,

@@ -44,8 +44,10 @@ PAPER_OPTIM = {
     "unet": {"name": "adamw", "lr": 1e-4, "betas": (0.9, 0.999)},
     "fit": {"name": "lamb", "lr": 5e-3, "betas": (0.9, 0.99)},
 }
-# fixed grid for the validation loss: comparable across runs and architectures (same sigmas, same noise)
-VAL_SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0)
+# fixed grid for the validation loss: comparable across runs and architectures (same sigmas, same noise); it
+# reaches diffusion.sigma_max, where the sampler starts (val/loss averages the grid; val/loss_low its sigmas <= 3)
+VAL_SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+LOW_VAL_SIGMA = 3.0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -227,14 +229,17 @@ class EDMVideoModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         b = batch["video"].shape[0]
         losses = []
-        for i, s in enumerate(VAL_SIGMAS):
+        grid = [s for s in VAL_SIGMAS if s < self.cfg.diffusion.sigma_max] + [self.cfg.diffusion.sigma_max]
+        for i, s in enumerate(grid):
             g = seeded_generator(12345, batch_idx, i)
             sigma = torch.full((b,), s, dtype=torch.float32, device=self.device)
             per_sample, _ = self.diffusion_loss(batch, g, backbone=self.ema_backbone, sigma=sigma, train=False,
                                                 self_cond_prob=1.0)
             self.log(f"val/loss_sigma_{s:g}", per_sample.mean(), batch_size=b, sync_dist=True)
             losses.append(per_sample.mean())
+        low = [loss for s, loss in zip(grid, losses) if s <= LOW_VAL_SIGMA]
         self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=b, sync_dist=True)
+        self.log("val/loss_low", torch.stack(low).mean(), batch_size=b, sync_dist=True)
 
     # ---- sampling -----------------------------------------------------------------------------
 

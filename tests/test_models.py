@@ -265,3 +265,101 @@ def test_tiny_backbone_overfits_one_clip(preset):
     with torch.no_grad():
         after = loss_at(eval_sigma, eval_noise).item()
     assert math.isfinite(after) and after * 5 <= before, (before, after)
+
+
+# ---- FIT's small-scale options (models/fit.py; each default is the paper's Table 8) ----------------------------
+
+FIT_OPTIONS = {
+    "local_layers": dict(local_layers=1, final_local_layers=1),
+    "patch_conv": dict(patch_conv=True),
+    "sincos": dict(pos_kind="sincos", pos_init_std=0.0),
+    "pos_and_latent_std": dict(pos_init_std=1.0, latent_init_std=1.0),
+    "read_first": dict(read_first=True),
+    "cond_read_zero_init": dict(cond_read_zero_init=True),
+    "sigma_modulation": dict(sigma_modulation=True),
+    "cross_heads": dict(cross_heads=4),
+    "patch_1x2x2": dict(patch_size=(1, 2, 2), group_size=(8, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIT_OPTIONS))
+def test_fit_option_shapes_and_gradients(name):
+    model = tiny("fit_tiny", **FIT_OPTIONS[name])
+    perturb_(model)
+    x, c_noise, cond = inputs(2)
+    out, state = model(x, c_noise, cond, self_cond=latent_state(model, 2))
+    assert out.shape == x.shape and state.shape == (2, model.num_latents, model.latent_dim)
+    out.pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{name}: parameters without a gradient: {missing[:5]}"
+
+
+@pytest.mark.parametrize("option", ["patch_conv", "sigma_modulation"])
+def test_zero_initialised_fit_options_are_a_no_op_at_init(option):
+    """The same seed builds the same shared weights; the option's zero-initialised part leaves the output unchanged."""
+    plain, with_option = tiny("fit_tiny"), tiny("fit_tiny", **{option: True})
+    shared = {k: v for k, v in plain.state_dict().items()}
+    result = with_option.load_state_dict(shared, strict=False)
+    assert not result.unexpected_keys
+    assert all(("patch_conv" in k or "modulation" in k) for k in result.missing_keys), result.missing_keys
+    with torch.no_grad():  # a non-zero output head, so the comparison is not trivially 0 == 0
+        for m in (plain, with_option):
+            m.out_proj.weight.copy_(torch.randn(m.out_proj.weight.shape, generator=torch.Generator().manual_seed(3)))
+    x, c_noise, cond = inputs(2)
+    state = latent_state(plain, 2)
+    torch.testing.assert_close(with_option(x, c_noise, cond, state)[0], plain(x, c_noise, cond, state)[0])
+
+
+def test_zero_initialised_cond_read_is_the_identity_at_init():
+    """Before training, a zero-initialised cond-read passes the latents through: the caption cannot move F yet."""
+    def outputs(model, text_shift):
+        with torch.no_grad():
+            model.out_proj.weight.copy_(torch.randn(model.out_proj.weight.shape,
+                                                    generator=torch.Generator().manual_seed(3)))
+        x, c_noise, cond = inputs(2)
+        cond["text"] = cond["text"] + text_shift * torch.randn(cond["text"].shape, generator=torch.Generator().manual_seed(4))
+        return model(x, c_noise, cond)[0]
+
+    zero_init, plain = tiny("fit_tiny", cond_read_zero_init=True), tiny("fit_tiny")
+    torch.testing.assert_close(outputs(zero_init, 0.0), outputs(zero_init, 1.0))
+    assert not torch.allclose(outputs(plain, 0.0), outputs(plain, 1.0))
+
+
+def test_fit_read_first_changes_the_block_order_only():
+    """Same weights, other order: a different function, the same parameters."""
+    plain, reordered = tiny("fit_tiny"), tiny("fit_tiny", read_first=True)
+    reordered.load_state_dict(plain.state_dict())
+    perturb_(plain)
+    perturb_(reordered)
+    x, c_noise, cond = inputs(2)
+    assert not torch.allclose(plain(x, c_noise, cond)[1], reordered(x, c_noise, cond)[1])
+
+
+def test_sincos_position_table_tells_every_patch_apart_at_unit_rms():
+    from lit_snapvideo.models.layers import sincos_embedding_3d
+
+    table = sincos_embedding_3d((8, 6, 10), 64)
+    assert table.shape == (8, 6, 10, 64)
+    assert table.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)  # the scale of LayerNormed content
+    flat = table.reshape(-1, 64)
+    distances = torch.cdist(flat, flat) + torch.eye(len(flat)) * 1e9
+    assert distances.min() > 0.1  # no two grid cells share a code
+    model = tiny("fit_tiny", pos_kind="sincos", pos_init_std=0.0)
+    torch.testing.assert_close(model._positional_embedding((8, 4, 4)), sincos_embedding_3d((8, 4, 4), 32))
+
+
+def test_fit_option_errors_name_the_setting():
+    with pytest.raises(ValueError, match="pos_kind"):
+        tiny("fit_tiny", pos_kind="rope")
+    with pytest.raises(ValueError, match="cross_heads 5"):
+        tiny("fit_tiny", cross_heads=5)
+
+
+def test_paper_fit_presets_keep_table_8():
+    """The options default off: the paper presets' parameter counts are the committed ones (models table)."""
+    assert count_parameters("fit_500m") == 500_552_496
+    assert count_parameters("fit_3_9b") == 4_013_010_992
+    for preset in ("fit_500m", "fit_3_9b"):
+        model = build_backbone(preset, 1024, device="meta")
+        assert not model.final_local and model.modulation is None and model.pos_kind == "learned"
+        assert all(not b.local and b.patch_conv is None and not b.read_first for b in model.blocks)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -67,7 +68,8 @@ DENOISE_SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0, 80.0)  # from detail (0.3) to where
 
 
 @torch.no_grad()
-def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = DENOISE_SIGMAS, seed: int = 0) -> dict:
+def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = DENOISE_SIGMAS, seed: int = 0,
+                    chain_steps: int = 24) -> dict:
     """How well the EMA denoiser recovers validation clips at fixed noise levels, and how much the caption moves it.
 
     The first ``num_clips`` validation clips, one fixed noise draw, no self-conditioning state (the sampler's first
@@ -79,11 +81,22 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
     a small positive share where the clip is uncertain given x_s and none at very high or very low sigma
     (Gaussian data of variance v, sigma_in s: s v sigma / (v + s^2 sigma^2)). A negative share, or a large one at
     high sigma, is noise the network passes through. The sampler's ODE moves along that noise, so what passes
-    through at every step adds up in the sample as grain or patch speckle."""
+    through at every step adds up in the sample as grain or patch speckle.
+
+    ``denoise/chain_mse_sigma_<s>``: the same error where the self-conditioning state comes from the denoiser's
+    previous call along the sampler's Karras schedule (``chain_steps`` sigmas from sigma_max down, one call each,
+    the same clip and noise draw), taken at the schedule's sigma nearest ``s`` in log space. That is what FIT sees
+    while sampling; training and the validation loss feed the latents of the same sigma instead. For a backbone
+    without state it equals ``mse_sigma``."""
     from ..data.datamodule import EDMDataModule
     from ..models.text import NULL_CAPTION
     from ..module import seeded_generator
 
+    from ..sampling import karras_sigmas
+
+    d = module.cfg.diffusion
+    schedule = karras_sigmas(chain_steps, d.sigma_min, d.sigma_max, d.rho)[:-1].float()  # drop the final 0
+    nearest = [int((schedule.log() - math.log(s)).abs().argmin()) for s in sigmas]
     dm = EDMDataModule(module.cfg)
     dm.setup("validate")
     net, sums, count = module.ema_backbone, {}, 0
@@ -108,6 +121,15 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
             terms[f"denoise/mse_sigma_{s:g}"] = error.pow(2).mean((1, 2, 3, 4))
             terms[f"denoise/caption_effect_sigma_{s:g}"] = (d_cond - d_null).abs().mean((1, 2, 3, 4))
             terms[f"denoise/noise_leak_sigma_{s:g}"] = (error * eps).sum((1, 2, 3, 4)) / eps_energy
+        latents, chain_mse = None, []
+        for s in schedule.tolist():
+            sigma = torch.full((b,), s, device=module.device)
+            x_sigma = module.edm.noise(x, sigma, eps, sigma_in)
+            d_chain, latents = module.edm.denoise(module._net(net, cond, latents), x_sigma, sigma, sigma_in,
+                                                  return_state=True)
+            chain_mse.append((d_chain - x).pow(2).mean((1, 2, 3, 4)))
+        for s, step in zip(sigmas, nearest):
+            terms[f"denoise/chain_mse_sigma_{s:g}"] = chain_mse[step]
         for key, per_clip in terms.items():
             sums[key] = sums.get(key, 0.0) + float(per_clip.sum())
         count += b
@@ -146,7 +168,8 @@ def evaluate_checkpoint(
     sets = [generate_videos(module, prompts, steps, cfg_scale, s, batch_size, bar.update) for s in seeds]
     bar.close()
     metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "num_videos": len(prompts), "seeds": list(seeds),
-                               "steps": steps, "cfg_scale": cfg_scale}
+                               "steps": steps, "cfg_scale": cfg_scale,
+                               "sigma_max": float(cfg.diffusion.sigma_max)}
     probe = probe_for(cfg, probe_cache, **(probe_kwargs or {}))
     metrics["probe/val_accuracy"] = probe.meta.get("val_accuracy")
     metrics.update(denoising_check(module))

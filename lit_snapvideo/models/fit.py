@@ -16,7 +16,8 @@ Data flow (B videos, T frames, H x W pixels; defaults of FIT-500M in brackets)::
 
 Groups are spatial tiles that span the whole clip: group size (T x H x W) counted in patches, 16x5x4 by
 default, i.e. a 20x16-px tile over all 16 frames (paper §3.2: one group per tile across all frames gave the
-best temporal modelling). There are no local (patch self-attention) layers (Table 8: 0 local layers).
+best temporal modelling). There are no local (patch self-attention) layers (Table 8: 0 local layers); see :class:`FIT` for the
+options a small model may turn on.
 
 Choices where the paper is silent (§9) and why:
 * Block order follows Snap §3.4 (cond-read, read, compute, write); pix2seq reads patches before the cond.
@@ -48,7 +49,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import LN_EPS, ConditioningEmbedding, TransformerLayer, feed_forward
+from .layers import (LN_EPS, AdaLNModulation, ConditioningEmbedding, TransformerLayer, feed_forward, modulate,
+                     sincos_embedding_3d)
 
 
 class LatentSelfConditioning(nn.Module):
@@ -66,35 +68,73 @@ class LatentSelfConditioning(nn.Module):
         return self.out_norm(prev + self.ffn(self.norm(prev)))
 
 
+class PatchGridConv(nn.Module):
+    """Zero-initialised depthwise 3x3x3 convolution over the whole patch grid, as a residual (RIN's patch conv).
+
+    forward(patches (B*G, n, D), grid layout) -> (B*G, n, D); the identity at initialisation."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv3d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, patches: torch.Tensor, layout: dict) -> torch.Tensor:
+        grid = rearrange(patches, f"(b {GROUPS}) ({GROUP}) d -> b d {GRID}", **layout)
+        return patches + rearrange(self.conv(grid), f"b d {GRID} -> (b {GROUPS}) ({GROUP}) d", **layout)
+
+
+# einops axes of the patch grid: groups (nt nh nw) of (gt gh gw) patches each
+GROUPS, GROUP, GRID = "nt nh nw", "gt gh gw", "(nt gt) (nh gh) (nw gw)"
+
+
 class FITBlock(nn.Module):
     """One Snap Video FIT block: cond-read, group-wise read, global latent compute, group-wise write.
 
-    forward(patches (B*G, n, Dp), latents (B, N, Dl), cond (B, M, Dc), cond_mask (B, M), groups=G)
-        -> (patches (B*G, n, Dp), latents (B, N, Dl))
+    forward(patches (B*G, n, Dp), latents (B, N, Dl), cond (B, M, Dc), cond_mask (B, M), layout,
+            modulation (B*G, 4, Dp) or None) -> (patches (B*G, n, Dp), latents (B, N, Dl))
+
+    The small-scale options of :class:`FIT` (all off in the paper's Table 8): ``local_layers`` patch
+    self-attention layers within each group before the read (pix2seq, GenAU), ``patch_conv`` after the write
+    (RIN), ``read_first`` (pix2seq's order: read, then cond-read), ``cond_read_zero_init``, ``cross_heads``.
     """
 
     def __init__(self, patch_dim: int, latent_dim: int, cond_dim: int, global_layers: int, patch_heads: int,
-                 latent_heads: int, mlp_ratio: float, dropout: float, cond_read_ffn: bool):
+                 latent_heads: int, mlp_ratio: float, dropout: float, cond_read_ffn: bool, local_layers: int = 0,
+                 patch_conv: bool = False, read_first: bool = False, cond_read_zero_init: bool = False,
+                 cross_heads: int | None = None):
         super().__init__()
         cross_dim = min(patch_dim, latent_dim)
-        cross_heads = min(patch_heads, latent_heads)
+        cross_heads = cross_heads or min(patch_heads, latent_heads)
         layer = dict(mlp_ratio=mlp_ratio, dropout=dropout)
-        self.cond_read = TransformerLayer(latent_dim, cond_dim, latent_dim, latent_heads, ffn=cond_read_ffn, **layer)
+        self.read_first = read_first
+        self.local = nn.ModuleList([TransformerLayer(patch_dim, heads=patch_heads, **layer) for _ in range(local_layers)])
+        self.cond_read = TransformerLayer(latent_dim, cond_dim, latent_dim, latent_heads, ffn=cond_read_ffn,
+                                          zero_init=cond_read_zero_init, **layer)
         self.read = TransformerLayer(latent_dim, patch_dim, cross_dim, cross_heads, **layer)
         self.compute = nn.ModuleList(
             [TransformerLayer(latent_dim, heads=latent_heads, **layer) for _ in range(global_layers)]
         )
         self.write = TransformerLayer(patch_dim, latent_dim, cross_dim, cross_heads, **layer)
+        self.patch_conv = PatchGridConv(patch_dim) if patch_conv else None
 
-    def forward(self, patches, latents, cond, cond_mask, groups: int):
-        latents = self.cond_read(latents, cond, cond_mask)
+    def forward(self, patches, latents, cond, cond_mask, layout: dict, modulation=None):
+        groups = layout["nt"] * layout["nh"] * layout["nw"]
+        for layer in self.local:
+            patches = layer(patches)
+        if not self.read_first:
+            latents = self.cond_read(latents, cond, cond_mask)
         grouped = rearrange(latents, "b (g m) d -> (b g) m d", g=groups)
         grouped = self.read(grouped, patches)
         latents = rearrange(grouped, "(b g) m d -> b (g m) d", g=groups)
+        if self.read_first:
+            latents = self.cond_read(latents, cond, cond_mask)
         for layer in self.compute:
             latents = layer(latents)
         grouped = rearrange(latents, "b (g m) d -> (b g) m d", g=groups)
-        patches = self.write(patches, grouped)
+        patches = self.write(patches, grouped, modulation=modulation)
+        if self.patch_conv is not None:
+            patches = self.patch_conv(patches, layout)
         return patches, latents
 
 
@@ -103,6 +143,22 @@ class FIT(nn.Module):
 
     x: (B, C, T, H, W); c_noise: (B,); cond: {"text" (B,L,text_dim), "text_mask" (B,L) bool, "fps" (B,)
     (inf for images), "orig_size" (B,2)}; self_cond: (B, num_latents, latent_dim) or None.
+
+    Options for small scale. Each default is the paper's Table 8, so the paper presets are unchanged; what they
+    did at CPU scale is measured in results/fit_cpu_screen.md.
+    * ``local_layers``: patch self-attention layers within each group at the start of every block (pix2seq's
+      FIT); ``final_local_layers``: a local-only block after the last block (snap-research/GenAU's FIT).
+    * ``patch_conv``: a zero-initialised depthwise 3x3x3 convolution over the whole patch grid after every write
+      (lucidrains' RIN); the identity at initialisation.
+    * ``pos_kind``: ``"learned"`` table, or ``"sincos"``: a fixed 3D sin-cos table at unit RMS (MAE, DiT) plus the
+      learned one; ``pos_init_std``: the learned table's init std (the LayerNormed patch content has RMS 1).
+    * ``latent_init_std``: init std of the learned latents.
+    * ``read_first``: read the patches before the cond-read (pix2seq's order); ``cond_read_zero_init``: the
+      cond-read's attention and FFN outputs start at zero (the identity at initialisation).
+    * ``sigma_modulation``: adaLN (DiT, HDiT, RIN): a zero-initialised projection of the conditioning vector
+      (sigma, fps, size) shifts and scales the patch side's norms (stem, every write, output); a no-op at init.
+    * ``cross_heads``: heads of the read and the write (default min(patch heads, latent heads)).
+    A smaller patch (``patch_size=(1, 2, 2)``, DiT / U-ViT) needs no option, only a ``group_size`` to match.
     """
 
     def __init__(
@@ -124,6 +180,17 @@ class FIT(nn.Module):
         dropout: float = 0.1,
         cond_read_ffn: bool = True,
         grad_checkpointing: bool = False,
+        # options for small scale; the defaults are the paper's Table 8 (see the class docstring)
+        local_layers: int = 0,
+        final_local_layers: int = 0,
+        patch_conv: bool = False,
+        pos_kind: str = "learned",
+        pos_init_std: float = 0.02,
+        latent_init_std: float = 0.02,
+        read_first: bool = False,
+        cond_read_zero_init: bool = False,
+        sigma_modulation: bool = False,
+        cross_heads: int | None = None,
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -137,19 +204,35 @@ class FIT(nn.Module):
                 raise ValueError(f"FIT: {name}_dim {dim} is not divisible by {name}_head_dim {head_dim}")
         grid, _ = self.layout(*self.input_size)  # validates input_size against patches, groups and latents
 
+        if pos_kind not in ("learned", "sincos"):
+            raise ValueError(f"FIT: pos_kind must be 'learned' or 'sincos', got {pos_kind!r}")
+        patch_heads, latent_heads = patch_dim // patch_head_dim, latent_dim // latent_head_dim
+        if cross_heads is not None and min(patch_dim, latent_dim) % cross_heads:
+            raise ValueError(f"FIT: cross_heads {cross_heads} does not divide the read/write width "
+                             f"{min(patch_dim, latent_dim)}")
+
         patch_volume = in_channels * math.prod(self.patch_size)
         self.patch_embed = nn.Sequential(nn.Linear(patch_volume, patch_dim), nn.LayerNorm(patch_dim, eps=LN_EPS))
-        self.pos_embed = nn.Parameter(torch.randn(*grid, patch_dim) * 0.02)  # (Tp, Hp, Wp, Dp)
-        self.latent_embed = nn.Parameter(torch.randn(num_latents, latent_dim) * 0.02)  # (N, Dl)
+        self.pos_kind = pos_kind
+        self.pos_embed = nn.Parameter(torch.randn(*grid, patch_dim) * pos_init_std)  # (Tp, Hp, Wp, Dp)
+        self.latent_embed = nn.Parameter(torch.randn(num_latents, latent_dim) * latent_init_std)  # (N, Dl)
         self.self_cond = LatentSelfConditioning(latent_dim, mlp_ratio, dropout)
         self.cond_embed = ConditioningEmbedding(cond_dim, text_dim)
+        block = dict(local_layers=local_layers, patch_conv=patch_conv, read_first=read_first,
+                     cond_read_zero_init=cond_read_zero_init, cross_heads=cross_heads)
         self.blocks = nn.ModuleList(
             [
-                FITBlock(patch_dim, latent_dim, cond_dim, global_layers, patch_dim // patch_head_dim,
-                         latent_dim // latent_head_dim, mlp_ratio, dropout, cond_read_ffn)
+                FITBlock(patch_dim, latent_dim, cond_dim, global_layers, patch_heads, latent_heads, mlp_ratio,
+                         dropout, cond_read_ffn, **block)
                 for _ in range(num_blocks)
             ]
         )
+        self.final_local = nn.ModuleList(
+            [TransformerLayer(patch_dim, heads=patch_heads, mlp_ratio=mlp_ratio, dropout=dropout)
+             for _ in range(final_local_layers)]
+        )
+        # (shift, scale) pairs: the stem norm, the output norm, and per block the write's two norms
+        self.modulation = AdaLNModulation(cond_dim, patch_dim, 4 + 4 * num_blocks) if sigma_modulation else None
         self.out_norm = nn.LayerNorm(patch_dim, eps=LN_EPS)
         self.out_proj = nn.Linear(patch_dim, patch_volume)
         nn.init.zeros_(self.out_proj.weight)  # F == 0 at init
@@ -177,12 +260,16 @@ class FIT(nn.Module):
         return grid, groups
 
     def _positional_embedding(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        """(Tp, Hp, Wp, Dp) for this grid; trilinear resize of the learned table for other input sizes."""
-        if grid == tuple(self.pos_embed.shape[:3]):
-            return self.pos_embed
-        table = rearrange(self.pos_embed, "t h w d -> 1 d t h w")
-        table = F.interpolate(table, size=grid, mode="trilinear", align_corners=False)
-        return rearrange(table, "1 d t h w -> t h w d")
+        """(Tp, Hp, Wp, Dp) for this grid; trilinear resize of the learned table for other input sizes, plus the
+        fixed sin-cos table of the grid with ``pos_kind="sincos"``."""
+        table = self.pos_embed
+        if grid != tuple(table.shape[:3]):
+            table = rearrange(table, "t h w d -> 1 d t h w")
+            table = F.interpolate(table, size=grid, mode="trilinear", align_corners=False)
+            table = rearrange(table, "1 d t h w -> t h w d")
+        if self.pos_kind == "sincos":
+            table = table + sincos_embedding_3d(grid, table.shape[-1]).to(table)
+        return table
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict,
                 self_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,14 +279,21 @@ class FIT(nn.Module):
         grid, (nt, nh, nw) = self.layout(*x.shape[2:])
         groups = nt * nh * nw
         (pt, ph, pw), (gt, gh, gw) = self.patch_size, self.group_size
-        to_groups = "(nt gt) (nh gh) (nw gw) d -> (nt nh nw) (gt gh gw) d"
+        layout = dict(nt=nt, nh=nh, nw=nw, gt=gt, gh=gh, gw=gw)
 
         patches = rearrange(
             x, "b c (nt gt pt) (nh gh ph) (nw gw pw) -> b (nt nh nw) (gt gh gw) (pt ph pw c)",
-            nt=nt, nh=nh, nw=nw, gt=gt, gh=gh, gw=gw, pt=pt, ph=ph, pw=pw,
+            pt=pt, ph=ph, pw=pw, **layout,
         )
-        pos = rearrange(self._positional_embedding(grid), to_groups, nt=nt, nh=nh, nw=nw)
-        patches = rearrange(self.patch_embed(patches) + pos, "b g n d -> (b g) n d")
+        pos = rearrange(self._positional_embedding(grid), f"{GRID} d -> ({GROUPS}) ({GROUP}) d", **layout)
+        cond_tokens, cond_mask, cond_vector = self.cond_embed(c_noise, cond)
+        modulation = None
+        if self.modulation is not None:  # (B*G, 2 + 2 + 4 * blocks, Dp): one conditioning vector per video
+            modulation = self.modulation(cond_vector).repeat_interleave(groups, dim=0)
+        patches = rearrange(self.patch_embed(patches), "b g n d -> (b g) n d")
+        if modulation is not None:
+            patches = modulate(patches, modulation[:, 0], modulation[:, 1])
+        patches = patches + pos.repeat(batch, 1, 1)  # (B*G, n, Dp), groups of one video together
 
         latents = self.latent_embed.expand(batch, -1, -1)
         if self_cond is None:  # zero previous latents: one row suffices, every row gives the same update
@@ -210,17 +304,22 @@ class FIT(nn.Module):
             )
         latents = latents + self.self_cond(self_cond)
 
-        cond_tokens, cond_mask, _ = self.cond_embed(c_noise, cond)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            block_mod = None if modulation is None else modulation[:, 4 + 4 * i: 8 + 4 * i]
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                patches, latents = checkpoint(block, patches, latents, cond_tokens, cond_mask, groups,
+                patches, latents = checkpoint(block, patches, latents, cond_tokens, cond_mask, layout, block_mod,
                                               use_reentrant=False)
             else:
-                patches, latents = block(patches, latents, cond_tokens, cond_mask, groups)
+                patches, latents = block(patches, latents, cond_tokens, cond_mask, layout, block_mod)
+        for layer in self.final_local:
+            patches = layer(patches)
 
-        pixels = self.out_proj(self.out_norm(patches))
+        patches = self.out_norm(patches)
+        if modulation is not None:
+            patches = modulate(patches, modulation[:, 2], modulation[:, 3])
+        pixels = self.out_proj(patches)
         out = rearrange(
             pixels, "(b nt nh nw) (gt gh gw) (pt ph pw c) -> b c (nt gt pt) (nh gh ph) (nw gw pw)",
-            b=batch, nt=nt, nh=nh, nw=nw, gt=gt, gh=gh, gw=gw, pt=pt, ph=ph, pw=pw,
+            b=batch, pt=pt, ph=ph, pw=pw, **layout,
         )
         return out, latents

@@ -181,10 +181,55 @@ class TransformerLayer(nn.Module):
             nn.init.zeros_(self.ffn.fc2.bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, modulation: torch.Tensor | None = None) -> torch.Tensor:
+        """``modulation``: optional (B, 4, dim) = (shift, scale) of the attention norm, then of the FFN norm (adaLN)."""
         if context is not None and self.context_norm is not None:
             context = self.context_norm(context)
-        x = x + self.attn(self.norm(x), context, mask)
+        h = self.norm(x)
+        if modulation is not None:
+            h = modulate(h, modulation[:, 0], modulation[:, 1])
+        x = x + self.attn(h, context, mask)
         if self.ffn is not None:
-            x = x + self.ffn(self.ffn_norm(x))
+            h = self.ffn_norm(x)
+            if modulation is not None:
+                h = modulate(h, modulation[:, 2], modulation[:, 3])
+            x = x + self.ffn(h)
         return x
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN (DiT): x (B, N, D) * (1 + scale (B, D)) + shift (B, D); the identity when both are zero."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class AdaLNModulation(nn.Module):
+    """Conditioning vector (B, cond_dim) -> (B, count, dim) shifts/scales for :func:`modulate` (DiT's adaLN-zero).
+
+    The projection is zero-initialised, so every modulated norm starts as the plain norm."""
+
+    def __init__(self, cond_dim: int, dim: int, count: int):
+        super().__init__()
+        self.count = count
+        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, count * dim))
+        nn.init.zeros_(self.proj[1].weight)
+        nn.init.zeros_(self.proj[1].bias)
+
+    def forward(self, vector: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.proj(vector), "b (k d) -> b k d", k=self.count)
+
+
+def sincos_embedding_3d(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """(T, H, W) grid -> (T, H, W, dim) fixed sin-cos position table (MAE / DiT, one third of the width per axis).
+
+    Scaled to unit RMS per element, the scale of a LayerNorm output, so position is as strong as content."""
+    axis_dims = [2 * (dim // 6), 2 * (dim // 6)]
+    axis_dims.append(dim - sum(axis_dims))
+    if axis_dims[-1] % 2 or min(axis_dims) == 0:
+        raise ValueError(f"sincos_embedding_3d: width {dim} must be even and at least 6")
+    tables = []
+    for axis, (size, width) in enumerate(zip(grid, axis_dims)):
+        emb = sinusoidal_embedding(torch.arange(size, dtype=torch.float32), width)  # (size, width)
+        shape = [1, 1, 1, width]
+        shape[axis] = size
+        tables.append(emb.view(shape).expand(*grid, width))
+    return torch.cat(tables, dim=-1) * math.sqrt(2.0)

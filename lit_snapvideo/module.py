@@ -21,6 +21,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
+import pickle
+import re
 from typing import Any, Callable, Optional
 
 import lightning as L
@@ -52,6 +55,10 @@ LOW_VAL_SIGMA = 3.0
 
 class NonFiniteLossError(RuntimeError):
     """Raised after ``optim.max_nonfinite_steps`` consecutive non-finite losses."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is refused (unsafe pickle, foreign or partial weights): one line naming the file."""
 
 
 def mix_seed(*keys: int) -> int:
@@ -363,14 +370,39 @@ def module_for(cfg: DictConfig) -> type[EDMVideoModule]:
     return FITModule if kind == "fit" else UNetModule
 
 
-def load_module(checkpoint: str, map_location: str | torch.device = "cpu") -> EDMVideoModule:
-    """Rebuild the right face from a Lightning checkpoint written by ``lit-snapvideo fit``."""
+def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", trust: bool = False,
+                         mmap: bool = False, hint: str = "pass --trust-checkpoint only for a file from a source "
+                         "you trust") -> Any:
+    """``torch.load`` of tensors and plain containers only (``weights_only``): a pickle can run code on load.
+
+    Everything ``fit`` writes (tensors, dicts, lists, numbers, strings) is on torch's default allow-list, so no
+    extra global is allowed. A file that needs one raises :class:`CheckpointError` naming the file and the global;
+    ``trust`` loads it anyway (``weights_only=False``) with a warning. Unreadable files raise torch's own errors
+    (an UnpicklingError cut to one line)."""
+    if trust:
+        log.warning("%s: loading with weights_only=False (--trust-checkpoint): code in its pickle will run", path)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:  # the weights-only unpickler stopped; torch's message is many lines
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:  # not a torch.save pickle at all (a text file, a raw pickle): unreadable, not refused
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
+            raise pickle.UnpicklingError(detail.group(1) if detail else "weights-only load failed") from None
+        raise CheckpointError(f"{path}: refused: its pickle calls {found.group(1)}, which weights-only loading "
+                              f"does not allow (it could run code); {hint}") from None
+
+
+def load_module(checkpoint: str, map_location: str | torch.device = "cpu", trust: bool = False) -> EDMVideoModule:
+    """Rebuild the right face from a Lightning checkpoint written by ``lit-snapvideo fit``, loaded safely (see
+    :func:`load_checkpoint_file`; ``trust`` lifts that)."""
     torch.set_flush_denormal(True)  # denormals made CPU steps ~2x slower (see train.set_cpu_threads)
-    ckpt = torch.load(checkpoint, map_location=map_location, weights_only=False)
-    if "hyper_parameters" not in ckpt or "cfg" not in ckpt.get("hyper_parameters", {}):
-        raise ValueError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'cfg' in its hyper_parameters)")
+    ckpt = load_checkpoint_file(checkpoint, map_location, trust=trust)
+    if not isinstance(ckpt, dict) or "cfg" not in (ckpt.get("hyper_parameters") or {}):
+        raise CheckpointError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'cfg' in its hyper_parameters)")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'state_dict')")
     cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
-    cls = module_for(cfg)
-    module = cls(cfg)
+    module = module_for(cfg)(cfg)
     module.load_state_dict(ckpt["state_dict"], strict=False)
     return module

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from .callbacks import BestAndLastCheckpoint, SampleQuality, SampleVideos, SkippedFiles, Throughput
 from .config import save_config
 from .data.datamodule import EDMDataModule
-from .module import EDMVideoModule, module_for
+from .module import EDMVideoModule, load_checkpoint_file, module_for
 from .models.presets import forward_flops
 
 log = logging.getLogger("lit_snapvideo")
@@ -105,6 +105,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable
     return L.Trainer(**kwargs), {"throughput": throughput, "samples": samples, "checkpoint": checkpoint}
 
 
+def check_resume(path: Path) -> None:
+    """Refuse to resume from ``path`` unless it loads weights-only (CheckpointError naming the file). Runs before
+    anything in the run directory is written."""
+    load_checkpoint_file(path, "cpu", mmap=True, hint="fit never writes such a file; move it away or start a fresh "
+                         "run with --new-version")  # mmap: checks the pickle without reading the tensors
+
+
 def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_progress_bar: bool = True,
         **trainer_overrides) -> Path:
     """Train ``cfg``; returns the run directory. ``resume``: continue from ``last.ckpt`` when it exists."""
@@ -115,15 +122,17 @@ def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_
     set_cpu_threads(cfg)
     datamodule = EDMDataModule(cfg)
     module = module_for(cfg)(cfg)
-    trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path:
+        check_resume(last)  # an unsafe file leaves the run as it was
         log.info("resuming from %s", ckpt_path)
+    trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
     if trainer.is_global_zero:
         save_config(cfg, run_dir)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     wall = time.perf_counter() - start
     if trainer.is_global_zero:
         write_summary(run_dir, cfg, module, trainer, parts, wall, resumed=ckpt_path is not None)

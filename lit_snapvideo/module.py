@@ -24,7 +24,7 @@ import math
 import os
 import pickle
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import lightning as L
 import torch
@@ -51,6 +51,9 @@ PAPER_OPTIM = {
 # reaches diffusion.sigma_max, where the sampler starts (val/loss averages the grid; val/loss_low its sigmas <= 3)
 VAL_SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 LOW_VAL_SIGMA = 3.0
+# the frozen text tower is rebuilt from cfg.text (seeded init or the user's file), so checkpoints do not store it:
+# the one exception to strict loading
+UNSTORED_PREFIX = "text_encoder."
 
 
 class NonFiniteLossError(RuntimeError):
@@ -105,7 +108,6 @@ class EDMVideoModule(L.LightningModule):
         self.register_buffer("videos_seen", torch.zeros((), dtype=torch.float64))
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
-        self.strict_loading = False  # the frozen text tower is rebuilt, not stored (see on_save_checkpoint)
         # torch.compile wraps the backbone only, kept outside the module tree so state_dict keys stay clean
         self.__dict__["_train_forward"] = torch.compile(self.backbone) if cfg.model.compile else self.backbone
 
@@ -340,14 +342,21 @@ class EDMVideoModule(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the frozen text tower is rebuilt from cfg.text (seeded init or the user's file), so it is not stored
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("text_encoder.")]:
+        for key in [k for k in state if k.startswith(UNSTORED_PREFIX)]:  # the frozen text tower
             del state[key]
         checkpoint["nonfinite_total"] = self.nonfinite_total
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Strict (also on Lightning's resume) with one exception: the frozen text tower's keys may be absent."""
+        if strict:
+            problem = state_dict_mismatch(self, state_dict)
+            if problem:
+                raise CheckpointError(f"checkpoint state_dict: {problem}")
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
 
 
 class UNetModule(EDMVideoModule):
@@ -368,6 +377,25 @@ def module_for(cfg: DictConfig) -> type[EDMVideoModule]:
     """The module class for the configured backbone preset."""
     kind, _ = preset_kwargs(cfg.model.preset, OmegaConf.to_container(cfg.model.overrides, resolve=True))
     return FITModule if kind == "fit" else UNetModule
+
+
+def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any], show: int = 3) -> Optional[str]:
+    """What keeps ``state_dict`` from loading strictly into ``module`` (missing text-tower keys aside), e.g.
+    "319 keys missing (backbone.patch_embed.0.weight, ...), 2 unexpected (...)"; None when it fits."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.startswith(UNSTORED_PREFIX)]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f"{k} {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__} != {tuple(expected[k].shape)}"
+             for k, v in state_dict.items()
+             if k in expected and isinstance(expected[k], Tensor)
+             and (not isinstance(v, Tensor) or v.shape != expected[k].shape)]
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
+
+    parts = [f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} ({first(keys)})" for keys, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape")) if keys]
+    return ", ".join(parts) or None
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", trust: bool = False,
@@ -394,8 +422,10 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
 
 
 def load_module(checkpoint: str, map_location: str | torch.device = "cpu", trust: bool = False) -> EDMVideoModule:
-    """Rebuild the right face from a Lightning checkpoint written by ``lit-snapvideo fit``, loaded safely (see
-    :func:`load_checkpoint_file`; ``trust`` lifts that)."""
+    """Rebuild the right face from a Lightning checkpoint written by ``lit-snapvideo fit``.
+
+    Loads safely (see :func:`load_checkpoint_file`; ``trust`` lifts that) and strictly: every backbone and EMA
+    tensor must be in the file with its shape, so a foreign or partial file is an error, never random weights."""
     torch.set_flush_denormal(True)  # denormals made CPU steps ~2x slower (see train.set_cpu_threads)
     ckpt = load_checkpoint_file(checkpoint, map_location, trust=trust)
     if not isinstance(ckpt, dict) or "cfg" not in (ckpt.get("hyper_parameters") or {}):
@@ -404,5 +434,9 @@ def load_module(checkpoint: str, map_location: str | torch.device = "cpu", trust
         raise CheckpointError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'state_dict')")
     cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
     module = module_for(cfg)(cfg)
-    module.load_state_dict(ckpt["state_dict"], strict=False)
+    problem = state_dict_mismatch(module, ckpt["state_dict"])
+    if problem:
+        raise CheckpointError(f"{checkpoint}: the weights do not fit its config (model.preset={cfg.model.preset}): "
+                              f"{problem}")
+    module.load_state_dict(ckpt["state_dict"])
     return module

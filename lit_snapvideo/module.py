@@ -356,7 +356,7 @@ class EDMVideoModule(L.LightningModule):
             problem = state_dict_mismatch(self, state_dict)
             if problem:
                 raise CheckpointError(f"checkpoint state_dict: {problem}")
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
+        return super().load_state_dict(state_dict, strict=False, assign=assign)  # checked above, tower aside
 
 
 class UNetModule(EDMVideoModule):

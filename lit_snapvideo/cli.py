@@ -19,6 +19,12 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
+def _add_trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that needs more than tensors and plain containers (weights_only=False); "
+                   "its pickle can run code, so only for a file from a source you trust")
+
+
 # ---- config -----------------------------------------------------------------------------------
 
 
@@ -126,6 +132,7 @@ def _run_fit(args: argparse.Namespace) -> None:
     import logging
 
     from .config import load_config
+    from .module import CheckpointError
     from .train import fit, run_dir_of
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -134,8 +141,11 @@ def _run_fit(args: argparse.Namespace) -> None:
     if args.resume and (args.new_version or not last.exists()):
         raise UserError(f"--resume: no checkpoint at {last}" if not args.new_version
                         else "--resume and --new-version exclude each other")
-    run_dir = fit(cfg, resume=not args.new_version, new_version=args.new_version,
-                  enable_progress_bar=not args.no_progress)
+    try:
+        run_dir = fit(cfg, resume=not args.new_version, new_version=args.new_version,
+                      enable_progress_bar=not args.no_progress)
+    except CheckpointError as err:  # a refused resume: raised before the run directory is touched
+        raise UserError(str(err)) from None
     summary = json.loads((run_dir / "summary.json").read_text())
     print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, final val loss "
           f"{summary['final_val_loss']}, run directory {run_dir}")
@@ -164,6 +174,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma-max", type=float, default=None,
                    help="the sampler's starting sigma (default: the run's diffusion.sigma_max)")
     p.add_argument("--out", help="metrics file (default: <run dir>/metrics.json)")
+    _add_trust_flag(p)
     p.set_defaults(run=_run_evaluate)
 
 
@@ -183,7 +194,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
             if not Path(path).is_file():
                 raise UserError(f"--{flag.replace('_', '-')} {path}: file not found")
-    module = _load_checkpoint(args.checkpoint)  # clear errors for a missing or foreign checkpoint before any work
+    module = _load_checkpoint(args.checkpoint, args.trust_checkpoint)  # clear errors before any work
     if args.sigma_max is not None:
         if not args.sigma_max > module.cfg.diffusion.sigma_min:
             raise UserError(f"--sigma-max must be > the run's sigma_min {module.cfg.diffusion.sigma_min}, "
@@ -279,6 +290,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts per sampler batch")
     p.add_argument("--fps", type=float, default=None, help="frame-rate conditioning (default: the run's val fps)")
     p.add_argument("--raw-weights", action="store_true", help="use the live weights instead of the EMA")
+    _add_trust_flag(p)
     p.set_defaults(run=_run_sample)
 
 
@@ -299,7 +311,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def _load_checkpoint(path: str):
+def _load_checkpoint(path: str, trust: bool = False):
     from pathlib import Path
 
     from .module import load_module
@@ -307,8 +319,8 @@ def _load_checkpoint(path: str):
     if not Path(path).is_file():
         raise UserError(f"checkpoint {path}: file not found")
     try:
-        return load_module(path)
-    except ValueError as err:
+        return load_module(path, trust=trust)
+    except ValueError as err:  # CheckpointError: unsafe pickle, foreign or partial weights
         raise UserError(str(err)) from None
     except Exception as err:  # torch.load on a file that is not a checkpoint at all
         raise UserError(f"checkpoint {path}: cannot be read as a lit-snapvideo checkpoint ({type(err).__name__}: {err})") from None
@@ -326,7 +338,7 @@ def _run_sample(args: argparse.Namespace) -> None:
     prompts = _read_prompts(args)
     if args.steps < 1 or args.batch_size < 1:
         raise UserError(f"--steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})")
-    module = _load_checkpoint(args.checkpoint)
+    module = _load_checkpoint(args.checkpoint, args.trust_checkpoint)
     out = Path(args.out)
     single = out.suffix == ".mp4"
     if single and len(prompts) > 1:

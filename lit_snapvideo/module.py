@@ -21,7 +21,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Any, Callable, Optional
+import os
+import pickle
+import re
+from typing import Any, Callable, Mapping, Optional
 
 import lightning as L
 import torch
@@ -48,10 +51,17 @@ PAPER_OPTIM = {
 # reaches diffusion.sigma_max, where the sampler starts (val/loss averages the grid; val/loss_low its sigmas <= 3)
 VAL_SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 LOW_VAL_SIGMA = 3.0
+# the frozen text tower is rebuilt from cfg.text (seeded init or the user's file), so checkpoints do not store it:
+# the one exception to strict loading
+UNSTORED_PREFIX = "text_encoder."
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised after ``optim.max_nonfinite_steps`` consecutive non-finite losses."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is refused (unsafe pickle, foreign or partial weights): one line naming the file."""
 
 
 def mix_seed(*keys: int) -> int:
@@ -98,7 +108,6 @@ class EDMVideoModule(L.LightningModule):
         self.register_buffer("videos_seen", torch.zeros((), dtype=torch.float64))
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
-        self.strict_loading = False  # the frozen text tower is rebuilt, not stored (see on_save_checkpoint)
         # torch.compile wraps the backbone only, kept outside the module tree so state_dict keys stay clean
         self.__dict__["_train_forward"] = torch.compile(self.backbone) if cfg.model.compile else self.backbone
 
@@ -333,14 +342,21 @@ class EDMVideoModule(L.LightningModule):
     # ---- checkpoints --------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the frozen text tower is rebuilt from cfg.text (seeded init or the user's file), so it is not stored
         state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("text_encoder.")]:
+        for key in [k for k in state if k.startswith(UNSTORED_PREFIX)]:  # the frozen text tower
             del state[key]
         checkpoint["nonfinite_total"] = self.nonfinite_total
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Strict (also on Lightning's resume) with one exception: the frozen text tower's keys may be absent."""
+        if strict:
+            problem = state_dict_mismatch(self, state_dict)
+            if problem:
+                raise CheckpointError(f"checkpoint state_dict: {problem}")
+        return super().load_state_dict(state_dict, strict=False, assign=assign)  # checked above, tower aside
 
 
 class UNetModule(EDMVideoModule):
@@ -363,14 +379,64 @@ def module_for(cfg: DictConfig) -> type[EDMVideoModule]:
     return FITModule if kind == "fit" else UNetModule
 
 
-def load_module(checkpoint: str, map_location: str | torch.device = "cpu") -> EDMVideoModule:
-    """Rebuild the right face from a Lightning checkpoint written by ``lit-snapvideo fit``."""
+def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any], show: int = 3) -> Optional[str]:
+    """What keeps ``state_dict`` from loading strictly into ``module`` (missing text-tower keys aside), e.g.
+    "319 keys missing (backbone.patch_embed.0.weight, ...), 2 unexpected (...)"; None when it fits."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.startswith(UNSTORED_PREFIX)]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f"{k} {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__} != {tuple(expected[k].shape)}"
+             for k, v in state_dict.items()
+             if k in expected and isinstance(expected[k], Tensor)
+             and (not isinstance(v, Tensor) or v.shape != expected[k].shape)]
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
+
+    parts = [f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} ({first(keys)})" for keys, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape")) if keys]
+    return ", ".join(parts) or None
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", trust: bool = False,
+                         mmap: bool = False, hint: str = "pass --trust-checkpoint only for a file from a source "
+                         "you trust") -> Any:
+    """``torch.load`` of tensors and plain containers only (``weights_only``): a pickle can run code on load.
+
+    Everything ``fit`` writes (tensors, dicts, lists, numbers, strings) is on torch's default allow-list, so no
+    extra global is allowed. A file that needs one raises :class:`CheckpointError` naming the file and the global;
+    ``trust`` loads it anyway (``weights_only=False``) with a warning. Unreadable files raise torch's own errors
+    (an UnpicklingError cut to one line)."""
+    if trust:
+        log.warning("%s: loading with weights_only=False (--trust-checkpoint): code in its pickle will run", path)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:  # the weights-only unpickler stopped; torch's message is many lines
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:  # not a torch.save pickle at all (a text file, a raw pickle): unreadable, not refused
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
+            raise pickle.UnpicklingError(detail.group(1) if detail else "weights-only load failed") from None
+        raise CheckpointError(f"{path}: refused: its pickle calls {found.group(1)}, which weights-only loading "
+                              f"does not allow (it could run code); {hint}") from None
+
+
+def load_module(checkpoint: str, map_location: str | torch.device = "cpu", trust: bool = False) -> EDMVideoModule:
+    """Rebuild the right face from a Lightning checkpoint written by ``lit-snapvideo fit``.
+
+    Loads safely (see :func:`load_checkpoint_file`; ``trust`` lifts that) and strictly: every backbone and EMA
+    tensor must be in the file with its shape, so a foreign or partial file is an error, never random weights."""
     torch.set_flush_denormal(True)  # denormals made CPU steps ~2x slower (see train.set_cpu_threads)
-    ckpt = torch.load(checkpoint, map_location=map_location, weights_only=False)
-    if "hyper_parameters" not in ckpt or "cfg" not in ckpt.get("hyper_parameters", {}):
-        raise ValueError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'cfg' in its hyper_parameters)")
+    ckpt = load_checkpoint_file(checkpoint, map_location, trust=trust)
+    if not isinstance(ckpt, dict) or "cfg" not in (ckpt.get("hyper_parameters") or {}):
+        raise CheckpointError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'cfg' in its hyper_parameters)")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'state_dict')")
     cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
-    cls = module_for(cfg)
-    module = cls(cfg)
-    module.load_state_dict(ckpt["state_dict"], strict=False)
+    module = module_for(cfg)(cfg)
+    problem = state_dict_mismatch(module, ckpt["state_dict"])
+    if problem:
+        raise CheckpointError(f"{checkpoint}: the weights do not fit its config (model.preset={cfg.model.preset}): "
+                              f"{problem}")
+    module.load_state_dict(ckpt["state_dict"])
     return module

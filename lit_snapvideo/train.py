@@ -4,7 +4,8 @@ A run directory describes itself: ``runs/<experiment>/<version>/`` holds ``confi
 events, ``checkpoints/{last,best}.ckpt`` (written atomically by Lightning: temp file, then rename), ``samples/*.gif``
 and, at the end, ``summary.json``. Rerunning the same experiment resumes from ``last.ckpt`` (model, EMA, optimiser,
 scheduler, step; the per-step random draws are functions of the step, so the resumed run repeats the
-uninterrupted one).
+uninterrupted one). A ``last.ckpt`` that is unsafe to load, of another model or missing tensors is refused before
+anything in the run directory is written.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import BestAndLastCheckpoint, SampleQuality, SampleVideos, SkippedFiles, Throughput
 from .config import save_config
 from .data.datamodule import EDMDataModule
-from .module import EDMVideoModule, module_for
+from .module import CheckpointError, EDMVideoModule, load_checkpoint_file, module_for, state_dict_mismatch
 from .models.presets import forward_flops
 
 log = logging.getLogger("lit_snapvideo")
@@ -105,6 +106,28 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable
     return L.Trainer(**kwargs), {"throughput": throughput, "samples": samples, "checkpoint": checkpoint}
 
 
+def check_resume(cfg: DictConfig, module: EDMVideoModule, path: Path) -> None:
+    """Refuse to resume from ``path`` unless it is safe to load, was trained with the same model and holds every
+    tensor of ``module`` (CheckpointError naming the file). Runs before anything in the run directory is written."""
+    fresh = "move it away or start a fresh run with --new-version"
+    # mmap: the tensors are mapped, not read; their shapes are all the key check needs
+    ckpt = load_checkpoint_file(path, "cpu", mmap=True, hint=f"fit never writes such a file; {fresh}")
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    saved = ((hparams or {}).get("cfg") or {}).get("model")
+    if not isinstance(saved, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a lit-snapvideo checkpoint (no model config or state_dict); {fresh}")
+    wanted = {"preset": cfg.model.preset, "overrides": OmegaConf.to_container(cfg.model.overrides, resolve=True)}
+    had = {"preset": saved.get("preset"), "overrides": saved.get("overrides") or {}}
+    if had != wanted:
+        raise CheckpointError(f"{path}: cannot resume: it was trained with model.preset={had['preset']} "
+                              f"model.overrides={had['overrides']}, the config asks for model.preset="
+                              f"{wanted['preset']} model.overrides={wanted['overrides']}; use the run's model or "
+                              "start a fresh run with --new-version")
+    problem = state_dict_mismatch(module, ckpt["state_dict"])
+    if problem:
+        raise CheckpointError(f"{path}: cannot resume: {problem}; {fresh}")
+
+
 def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_progress_bar: bool = True,
         **trainer_overrides) -> Path:
     """Train ``cfg``; returns the run directory. ``resume``: continue from ``last.ckpt`` when it exists."""
@@ -115,15 +138,17 @@ def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_
     set_cpu_threads(cfg)
     datamodule = EDMDataModule(cfg)
     module = module_for(cfg)(cfg)
-    trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path:
+        check_resume(cfg, module, last)  # a foreign or other-model checkpoint leaves the run as it was
         log.info("resuming from %s", ckpt_path)
+    trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
     if trainer.is_global_zero:
         save_config(cfg, run_dir)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     wall = time.perf_counter() - start
     if trainer.is_global_zero:
         write_summary(run_dir, cfg, module, trainer, parts, wall, resumed=ckpt_path is not None)

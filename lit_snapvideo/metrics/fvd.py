@@ -135,7 +135,7 @@ class FVD:
         the protocol and the detector file all match a previous call; computed and cached otherwise."""
         path = self.cache_path(key)
         if path.is_file():
-            saved = torch.load(path, map_location="cpu")
+            saved = torch.load(path, map_location="cpu", weights_only=True)  # a pickle can run code
             return GaussianStats(saved["mu"], saved["sigma"], saved["num"])
         stats = self.stats(source)
         path.parent.mkdir(parents=True, exist_ok=True)

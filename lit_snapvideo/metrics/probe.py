@@ -301,13 +301,17 @@ def load_probe(path: str | os.PathLike) -> Probe:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: probe checkpoint not found")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+    from ..module import CheckpointError, load_checkpoint_file  # lazy: keeps lightning out of metrics imports
+
+    try:  # weights only: a cache file is a pickle too, and one planted there must not run code
+        saved = load_checkpoint_file(path, "cpu", hint="delete it and the probe is trained again")
         probe = Probe(**saved["config"])
         probe.load_state_dict(saved["state_dict"])
+        probe.meta = saved["meta"]
+    except CheckpointError:
+        raise
     except Exception as err:
         raise ValueError(f"{path}: not a probe checkpoint written by save_probe ({type(err).__name__}: {err})") from None
-    probe.meta = saved["meta"]
     return probe.eval()
 
 

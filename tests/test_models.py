@@ -277,6 +277,7 @@ FIT_OPTIONS = {
     "read_first": dict(read_first=True),
     "cond_read_zero_init": dict(cond_read_zero_init=True),
     "sigma_modulation": dict(sigma_modulation=True),
+    "pooled_text": dict(sigma_modulation=True, pooled_text=True),
     "cross_heads": dict(cross_heads=4),
     "patch_1x2x2": dict(patch_size=(1, 2, 2), group_size=(8, 4, 4)),
 }
@@ -353,6 +354,8 @@ def test_fit_option_errors_name_the_setting():
         tiny("fit_tiny", pos_kind="rope")
     with pytest.raises(ValueError, match="cross_heads 5"):
         tiny("fit_tiny", cross_heads=5)
+    with pytest.raises(ValueError, match="pooled_text.*sigma_modulation"):
+        tiny("fit_tiny", pooled_text=True)
 
 
 def test_paper_fit_presets_keep_table_8():

@@ -157,6 +157,8 @@ class FIT(nn.Module):
       cond-read's attention and FFN outputs start at zero (the identity at initialisation).
     * ``sigma_modulation``: adaLN (DiT, HDiT, RIN): a zero-initialised projection of the conditioning vector
       (sigma, fps, size) shifts and scales the patch side's norms (stem, every write, output); a no-op at init.
+    * ``pooled_text``: the masked mean text token joins the modulation's conditioning vector (Imagen's pooled
+      text, as the CPU U-Net has; DiT modulates with its class label the same way); needs ``sigma_modulation``.
     * ``cross_heads``: heads of the read and the write (default min(patch heads, latent heads)).
     A smaller patch (``patch_size=(1, 2, 2)``, DiT / U-ViT) needs no option, only a ``group_size`` to match.
     """
@@ -191,6 +193,7 @@ class FIT(nn.Module):
         cond_read_zero_init: bool = False,
         sigma_modulation: bool = False,
         cross_heads: int | None = None,
+        pooled_text: bool = False,
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -217,7 +220,9 @@ class FIT(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(*grid, patch_dim) * pos_init_std)  # (Tp, Hp, Wp, Dp)
         self.latent_embed = nn.Parameter(torch.randn(num_latents, latent_dim) * latent_init_std)  # (N, Dl)
         self.self_cond = LatentSelfConditioning(latent_dim, mlp_ratio, dropout)
-        self.cond_embed = ConditioningEmbedding(cond_dim, text_dim)
+        if pooled_text and not sigma_modulation:
+            raise ValueError("FIT: pooled_text enters through the adaLN modulation; set sigma_modulation too")
+        self.cond_embed = ConditioningEmbedding(cond_dim, text_dim, pooled_text=pooled_text)
         block = dict(local_layers=local_layers, patch_conv=patch_conv, read_first=read_first,
                      cond_read_zero_init=cond_read_zero_init, cross_heads=cross_heads)
         self.blocks = nn.ModuleList(

@@ -85,7 +85,8 @@ class EDMDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = JointSampler(self.train_set.is_image, self.cfg.image_fraction, self.cfg.seed, start=self.stream_position)
+        sampler = JointSampler(self.train_set.is_image, self.cfg.image_fraction, self.cfg.seed,
+                               consumed=lambda: self.stream_position)
         return self._loader(self.train_set, self.cfg.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -310,15 +310,21 @@ class JointSampler(Sampler[tuple[int, int]]):
     Draw number ``p`` (counted from the start of training) is a function of ``(seed, p)`` only:
     an image with probability ``image_fraction`` and a video otherwise (when only one kind exists,
     it is used for every draw), uniformly within the kind, plus a per-sample seed for the frame
-    rate and start. Yields ``(index, sample_seed)`` for :class:`ClipDataset`. ``position`` is the
-    next draw; set it (``start``) to continue a stream after a resume.
+    rate and start. Yields ``(index, sample_seed)`` for :class:`ClipDataset`.
+
+    Each pass starts at ``consumed()`` when given: the number of draws training has used so far
+    (the DataModule counts them and checkpoints carry the count). A Lightning epoch resumed part-way
+    ends after fewer draws than a pass and ``drop_last`` leaves draws unused, so the next pass must
+    start where training stopped, not a whole pass after the previous start. Without ``consumed``
+    the passes follow each other from ``start``.
     """
 
-    def __init__(self, is_image: Sequence[bool], image_fraction: float, seed: int = 0, start: int = 0):
+    def __init__(self, is_image: Sequence[bool], image_fraction: float, seed: int = 0, start: int = 0,
+                 consumed: Optional[Callable[[], int]] = None):
         self.images = [i for i, img in enumerate(is_image) if img]
         self.videos = [i for i, img in enumerate(is_image) if not img]
         self.image_fraction = image_fraction if self.images and self.videos else float(bool(self.images))
-        self.num_samples, self.seed, self.position = len(is_image), seed, start
+        self.num_samples, self.seed, self.position, self.consumed = len(is_image), seed, start, consumed
 
     def __len__(self) -> int:
         return self.num_samples
@@ -329,7 +335,8 @@ class JointSampler(Sampler[tuple[int, int]]):
         return pool[int(torch.randint(len(pool), (), generator=g))], int(torch.randint(2**62, (), generator=g))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        first, self.position = self.position, self.position + self.num_samples
+        first = self.consumed() if self.consumed is not None else self.position
+        self.position = first + self.num_samples
         return (self.draw(p) for p in range(first, first + self.num_samples))
 
 

@@ -139,6 +139,7 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = False
     val_every_n_steps: int = 250
+    checkpoint_every_n_steps: int = 0  # also write last.ckpt every N steps between validations; 0: off
     log_every_n_steps: int = 10
     accumulate_grad_batches: int = 1
     # torch threads when training on the CPU; null: cores minus data workers (at least 1). Oversubscribed cores
@@ -172,6 +173,7 @@ class LoggingConfig:
     quality_every_n_steps: int = 0  # 0: off
     quality_num_videos: int = 8
     quality_steps: int = 16
+    data_trace: bool = False  # data_trace.tsv in the run directory: what each training step saw
 
 
 @dataclass
@@ -307,6 +309,8 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
     _check(t.max_steps > 0, source, "trainer.max_steps", "an integer > 0", t.max_steps)
     _check(t.val_every_n_steps > 0, source, "trainer.val_every_n_steps", "an integer > 0", t.val_every_n_steps)
     _check(t.log_every_n_steps > 0, source, "trainer.log_every_n_steps", "an integer > 0", t.log_every_n_steps)
+    _check(t.checkpoint_every_n_steps >= 0, source, "trainer.checkpoint_every_n_steps", "an integer >= 0 (0: off)",
+           t.checkpoint_every_n_steps)
     _check(t.num_nodes >= 1, source, "trainer.num_nodes", "an integer >= 1", t.num_nodes)
     _check(
         t.precision in ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true"),

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from .edm import SnapEDM
+from .errors import UserError
 from .models.presets import build_backbone, preset_kwargs
 from .models.text import NULL_CAPTION, TextEncoder
 from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
@@ -60,7 +61,7 @@ class NonFiniteLossError(RuntimeError):
     """Raised after ``optim.max_nonfinite_steps`` consecutive non-finite losses."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is refused (unsafe pickle, foreign or partial weights): one line naming the file."""
 
 

@@ -115,8 +115,13 @@ def check_resume(cfg: DictConfig, module: EDMVideoModule, path: Path) -> None:
     """Refuse to resume from ``path`` unless it is safe to load, was trained with the same model and holds every
     tensor of ``module`` (CheckpointError naming the file). Runs before anything in the run directory is written."""
     fresh = "move it away or start a fresh run with --new-version"
-    # mmap: the tensors are mapped, not read; their shapes are all the key check needs
-    ckpt = load_checkpoint_file(path, "cpu", mmap=True, hint=f"fit never writes such a file; {fresh}")
+    try:  # mmap: the tensors are mapped, not read; their shapes are all the key check needs
+        ckpt = load_checkpoint_file(path, "cpu", mmap=True, hint=f"fit never writes such a file; {fresh}")
+    except CheckpointError:
+        raise
+    except Exception as err:  # torch's errors for a cut or corrupt file are many lines and do not name it
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{path}: cannot resume: the file is truncated or corrupt ({reason}); {fresh}") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     saved = ((hparams or {}).get("cfg") or {}).get("model")
     if not isinstance(saved, dict) or not isinstance(ckpt.get("state_dict"), dict):

@@ -7,6 +7,7 @@ Sample videos go into TensorBoard as animated GIFs inside an *image* summary (Te
 
 from __future__ import annotations
 
+import hashlib
 import io
 import resource
 import statistics
@@ -195,6 +196,7 @@ class WallTime(L.Callback):
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.before = 0.0  # seconds of the earlier segments, up to the checkpoint this run resumed from
+        self.restored = False  # whether a checkpoint gave ``before``
 
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.start
@@ -203,7 +205,7 @@ class WallTime(L.Callback):
         return {"seconds": self.seconds()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.before = float(state_dict.get("seconds", 0.0))
+        self.before, self.restored = float(state_dict.get("seconds", 0.0)), True
 
 
 class DataTrace(L.Callback):
@@ -217,8 +219,6 @@ class DataTrace(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not trainer.is_global_zero:
             return
-        import hashlib
-
         position = getattr(trainer.datamodule, "stream_position", "")
         items = [f"{caption}|{float(fps):g}|{hashlib.sha1(video.detach().cpu().numpy().tobytes()).hexdigest()[:12]}"
                  for caption, fps, video in zip(batch["caption"], batch["fps"], batch["video"])]

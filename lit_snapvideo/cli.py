@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lit-snapvideo",
         description="Snap Video reproduction kit: Snap-EDM diffusion, FIT transformer vs 3D U-Net, on Lightning.",
     )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error in the input too")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error (normally one line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)

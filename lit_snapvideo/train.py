@@ -4,8 +4,9 @@ A run directory describes itself: ``runs/<experiment>/<version>/`` holds ``confi
 events, ``checkpoints/{last,best}.ckpt`` (written atomically by Lightning: temp file, then rename), ``samples/*.gif``
 and, at the end, ``summary.json``. Rerunning the same experiment resumes from ``last.ckpt`` (model, EMA, optimiser,
 scheduler, step, the data stream position and the wall time so far; the per-step random draws are functions of the
-step, so the resumed run repeats the uninterrupted one, also from a step in the middle of an epoch). A ``last.ckpt`` that is unsafe to load, of another model or missing tensors is refused before
-anything in the run directory is written.
+step, so the resumed run repeats the uninterrupted one, also from a step in the middle of an epoch). A ``last.ckpt``
+that is unsafe to load, cut short, of another model or missing tensors is refused before anything in the run
+directory is written.
 """
 
 from __future__ import annotations
@@ -159,16 +160,20 @@ def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_
     # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if trainer.is_global_zero:
-        write_summary(run_dir, cfg, module, trainer, parts)
+        write_summary(run_dir, cfg, module, trainer, parts, resumed=ckpt_path is not None)
     return run_dir
 
 
-def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, trainer: L.Trainer, parts: dict) -> dict:
+def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, trainer: L.Trainer, parts: dict,
+                  resumed: bool = False) -> dict:
     """summary.json: what `make compare` tabulates (parameters, steps, wall time, losses, ms/video)."""
     path = run_dir / "summary.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     val = trainer.callback_metrics.get("val/loss")
     infer = parts["samples"].infer_ms_per_video_per_eval
+    wall = parts["wall_time"]
+    # a checkpoint written before checkpoints carried the wall time: the earlier segments are in the old summary
+    earlier = previous.get("wall_time_s", 0.0) if resumed and not wall.restored else 0.0
     summary = {
         "experiment": cfg.logging.experiment,
         "preset": cfg.model.preset,
@@ -179,7 +184,7 @@ def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, traine
         "max_time": cfg.trainer.max_time,
         "batch_size": cfg.data.batch_size,
         "videos_seen": float(module.videos_seen),
-        "wall_time_s": round(parts["wall_time"].seconds(), 1),  # every segment, killed ones up to their checkpoint
+        "wall_time_s": round(wall.seconds() + earlier, 1),  # every segment, killed ones up to their checkpoint
         "final_val_loss": float(val) if val is not None else None,
         "train_ms_per_video": parts["throughput"].median_ms_per_video() or previous.get("train_ms_per_video"),
         "infer_ms_per_video_per_eval": (min(infer) if infer else previous.get("infer_ms_per_video_per_eval")),

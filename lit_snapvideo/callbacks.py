@@ -7,6 +7,7 @@ Sample videos go into TensorBoard as animated GIFs inside an *image* summary (Te
 
 from __future__ import annotations
 
+import hashlib
 import io
 import resource
 import statistics
@@ -27,18 +28,31 @@ from torch import Tensor
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
-    """``best.ckpt`` (lowest ``val/loss``) and ``last.ckpt`` = the newest state, after every validation and at the end
-    of training. Lightning 2.6's ``save_last`` rewrites last.ckpt only at a step where a top-k file was saved, and at
-    the end only if it never wrote one: a run whose validation loss stopped improving left a stale last.ckpt (resume
-    and ``evaluate`` then used old weights). Lightning writes both files atomically (temp file, then rename)."""
+    """``best.ckpt`` (lowest ``val/loss``) and ``last.ckpt`` = the newest state, after every validation, every
+    ``every_n_steps`` steps (0: never) and at the end of training. Lightning 2.6's ``save_last`` rewrites last.ckpt
+    only at a step where a top-k file was saved, and at the end only if it never wrote one: a run whose validation loss
+    stopped improving left a stale last.ckpt (resume and ``evaluate`` then used old weights). Lightning writes both
+    files atomically (temp file, then rename)."""
 
-    def __init__(self, dirpath: str | Path):
+    def __init__(self, dirpath: str | Path, every_n_steps: int = 0):
         super().__init__(dirpath=dirpath, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+        self.every_n_steps = every_n_steps
 
     def _save_last_if_stale(self, trainer: L.Trainer) -> None:
         # _should_skip_saving_checkpoint: fast_dev_run, sanity check, not fitting, or already saved at this step
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.every_n_steps <= 0 or trainer.global_step % self.every_n_steps:
+            return
+        # Lightning's own test for a validation after this batch; that one saves (a save now would block best.ckpt)
+        validates = trainer.enable_validation and (
+            trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+        if not validates:
+            self._save_last_if_stale(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -173,6 +187,53 @@ class Throughput(L.Callback):
 
     def median_ms_per_video(self) -> Optional[float]:
         return statistics.median(self.ms_per_video) if self.ms_per_video else None
+
+
+class WallTime(L.Callback):
+    """Wall-clock seconds of a run, summed over all its segments: checkpoints carry the sum, so a resumed run (also
+    after a kill) adds its time to that of the segments before it. The clock starts when the callback is made."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.before = 0.0  # seconds of the earlier segments, up to the checkpoint this run resumed from
+        self.restored = False  # whether a checkpoint gave ``before``
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before, self.restored = float(state_dict.get("seconds", 0.0)), True
+
+
+class DataTrace(L.Callback):
+    """One line per training step in ``path`` (``logging.data_trace``): step, stream position after the batch, and
+    per video its caption, frame rate and a hash of its pixels. A resumed run appends the steps it repeats, so
+    the last line of each step is the one that counts. Written line by line, so a killed run keeps its lines."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        position = getattr(trainer.datamodule, "stream_position", "")
+        items = [f"{caption}|{float(fps):g}|{hashlib.sha1(video.detach().cpu().numpy().tobytes()).hexdigest()[:12]}"
+                 for caption, fps, video in zip(batch["caption"], batch["fps"], batch["video"])]
+        with self.path.open("a") as f:
+            f.write("\t".join([str(trainer.global_step), str(position), *items]) + "\n")
+
+
+def read_data_trace(path: str | Path) -> dict[int, list[str]]:
+    """Step -> [stream position, items...] from a :class:`DataTrace` file; the last line of a step wins."""
+    steps = {}
+    for line in Path(path).read_text().splitlines(keepends=True):
+        if line.endswith("\n"):  # a killed run may leave a cut last line
+            step, *rest = line.rstrip("\n").split("\t")
+            steps[int(step)] = rest
+    return steps
 
 
 class SkippedFiles(L.Callback):

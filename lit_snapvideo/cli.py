@@ -2,7 +2,8 @@
 
 Each subcommand is a pair: ``_add_<name>(subparsers)`` declares its arguments and ``_run_<name>(args)`` does the
 work, importing heavy modules lazily so ``--help`` stays fast. A subcommand is listed only once it works.
-Bad user input (config, paths) exits with status 2 and one error line, no traceback.
+Bad user input (config, data, checkpoints, options) is a :class:`~lit_snapvideo.errors.UserError`: it exits with
+status 2 and one error line, no traceback (``--debug`` shows it).
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import os
 import sys
 from typing import Callable
 
+from .errors import UserError, one_line
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub (no network, ~50 s stalls)
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
 
 
 def _add_trust_flag(p: argparse.ArgumentParser) -> None:
@@ -89,15 +88,12 @@ def _run_data_shapes(args: argparse.Namespace) -> None:
 
 def _run_data_check(args: argparse.Namespace) -> None:
     from .config import DataConfig
-    from .data.datasets import ClipDataset, DataError, SkipLog, load_records
+    from .data.datasets import ClipDataset, SkipLog, load_records
     from .data.video import BadFileError
 
     d = DataConfig()
-    try:
-        train, val = load_records(args.root, args.manifest)
-    except DataError as err:
-        raise UserError(str(err)) from None
     skips = SkipLog()
+    train, val = load_records(args.root, args.manifest, skips)
     dataset = ClipDataset(train + val, d.frames, d.size, fps_choices=d.fps_choices, skip_log=skips)
     for index in range(len(dataset)):
         try:
@@ -132,7 +128,6 @@ def _run_fit(args: argparse.Namespace) -> None:
     import logging
 
     from .config import load_config
-    from .module import CheckpointError
     from .train import fit, run_dir_of
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -141,11 +136,8 @@ def _run_fit(args: argparse.Namespace) -> None:
     if args.resume and (args.new_version or not last.exists()):
         raise UserError(f"--resume: no checkpoint at {last}" if not args.new_version
                         else "--resume and --new-version exclude each other")
-    try:
-        run_dir = fit(cfg, resume=not args.new_version, new_version=args.new_version,
-                      enable_progress_bar=not args.no_progress)
-    except CheckpointError as err:  # a refused resume: raised before the run directory is touched
-        raise UserError(str(err)) from None
+    run_dir = fit(cfg, resume=not args.new_version, new_version=args.new_version,
+                  enable_progress_bar=not args.no_progress)
     summary = json.loads((run_dir / "summary.json").read_text())
     print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, final val loss "
           f"{summary['final_val_loss']}, run directory {run_dir}")
@@ -180,11 +172,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> None:
     import json
+    import math
 
     from .metrics.evaluate import evaluate_checkpoint
 
     if args.num_videos < 1 or args.steps < 1:
         raise UserError(f"--num-videos and --steps must be >= 1 (got {args.num_videos}, {args.steps})")
+    if not math.isfinite(args.cfg):
+        raise UserError(f"--cfg {args.cfg}: expected a finite guidance weight")
     if bool(args.clip_model) != bool(args.clip_checkpoint):
         raise UserError("CLIPSIM needs both --clip-model and --clip-checkpoint")
     for flag in ("fvd_detector", "fid_detector", "clip_checkpoint"):
@@ -302,7 +297,11 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise UserError(f"--prompts-file {path}: file not found")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"--prompts-file {path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError("no prompt given: use --prompt TEXT or --prompts-file FILE")
     empty = [i for i, p in enumerate(prompts) if not p.strip()]
@@ -326,6 +325,29 @@ def _load_checkpoint(path: str, trust: bool = False):
         raise UserError(f"checkpoint {path}: cannot be read as a lit-snapvideo checkpoint ({type(err).__name__}: {err})") from None
 
 
+def _check_sample_options(args: argparse.Namespace, prompts: list[str]) -> None:
+    import math
+    from pathlib import Path
+
+    from .config import file_in_the_way
+
+    if args.steps < 1 or args.batch_size < 1:
+        raise UserError(f"--steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})")
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold {args.threshold}: expected a percentile in (0, 1], e.g. 0.995")
+    if args.fps is not None and not args.fps > 0:  # nan fails too; inf is allowed: still images
+        raise UserError(f"--fps {args.fps}: expected a frame rate > 0 (inf: still images)")
+    for flag, value in (("--cfg", args.cfg), ("--oscillate-low", args.oscillate_low)):
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{flag} {value}: expected a finite guidance weight")
+    out = Path(args.out)
+    if out.suffix == ".mp4" and len(prompts) > 1:
+        raise UserError(f"--out {out} is one .mp4 file but {len(prompts)} prompts were given; pass a folder")
+    blocker = file_in_the_way(out.parent if out.suffix == ".mp4" else out)
+    if blocker is not None:
+        raise UserError(f"--out {out}: {blocker} is a file, so no folder can be made there")
+
+
 def _run_sample(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -336,16 +358,13 @@ def _run_sample(args: argparse.Namespace) -> None:
     from .data.video import crop_padding, to_uint8, write_video
 
     prompts = _read_prompts(args)
-    if args.steps < 1 or args.batch_size < 1:
-        raise UserError(f"--steps and --batch-size must be >= 1 (got {args.steps}, {args.batch_size})")
+    _check_sample_options(args, prompts)  # before the checkpoint loads: clear errors first
     module = _load_checkpoint(args.checkpoint, args.trust_checkpoint)
     out = Path(args.out)
     single = out.suffix == ".mp4"
-    if single and len(prompts) > 1:
-        raise UserError(f"--out {out} is one .mp4 file but {len(prompts)} prompts were given; pass a folder")
     folder = out.parent if single else out
     folder.mkdir(parents=True, exist_ok=True)
-    fps = args.fps or module.cfg.logging.sample_fps or module.cfg.data.val_fps
+    fps = args.fps if args.fps is not None else module.cfg.logging.sample_fps or module.cfg.data.val_fps
     videos = []
     bar = tqdm(total=len(prompts) * args.steps, desc="sampling", unit="step")
     for start in range(0, len(prompts), args.batch_size):
@@ -485,15 +504,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lit-snapvideo",
         description="Snap Video reproduction kit: Snap-EDM diffusion, FIT transformer vs 3D U-Net, on Lightning.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error (normally one line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
+    _accept_debug_after(parser)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
+def _accept_debug_after(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after a (sub)subcommand too; SUPPRESS: a subcommand's default does not undo one given before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                _accept_debug_after(command)
 
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
@@ -501,8 +529,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.run(args)
-    except (ConfigError, UserError, FileNotFoundError) as err:
-        print(f"lit-snapvideo {args.command}: error: {err}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as err:  # ConfigError, DataError, CheckpointError are UserErrors
+        if args.debug:
+            raise
+        print(f"lit-snapvideo {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lit-snapvideo {args.command}: interrupted", file=sys.stderr)

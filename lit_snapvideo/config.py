@@ -13,6 +13,8 @@ names the key, the file it came from and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 import os
 import typing
@@ -30,8 +32,10 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad experiment configuration; the message is one line meant for the user."""
 
 
@@ -139,6 +143,7 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = False
     val_every_n_steps: int = 250
+    checkpoint_every_n_steps: int = 0  # also write last.ckpt every N steps between validations; 0: off
     log_every_n_steps: int = 10
     accumulate_grad_batches: int = 1
     # torch threads when training on the CPU; null: cores minus data workers (at least 1). Oversubscribed cores
@@ -172,6 +177,7 @@ class LoggingConfig:
     quality_every_n_steps: int = 0  # 0: off
     quality_num_videos: int = 8
     quality_steps: int = 16
+    data_trace: bool = False  # data_trace.tsv in the run directory: what each training step saw
 
 
 @dataclass
@@ -307,6 +313,8 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
     _check(t.max_steps > 0, source, "trainer.max_steps", "an integer > 0", t.max_steps)
     _check(t.val_every_n_steps > 0, source, "trainer.val_every_n_steps", "an integer > 0", t.val_every_n_steps)
     _check(t.log_every_n_steps > 0, source, "trainer.log_every_n_steps", "an integer > 0", t.log_every_n_steps)
+    _check(t.checkpoint_every_n_steps >= 0, source, "trainer.checkpoint_every_n_steps", "an integer >= 0 (0: off)",
+           t.checkpoint_every_n_steps)
     _check(t.num_nodes >= 1, source, "trainer.num_nodes", "an integer >= 1", t.num_nodes)
     _check(
         t.precision in ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true"),
@@ -336,6 +344,46 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
     _check(0 <= txt.label_dropout <= 1, source, "text.label_dropout", "a probability in [0, 1]", txt.label_dropout)
     _check(txt.max_length >= 1, source, "text.max_length", "an integer >= 1", txt.max_length)
     _check(cfg.logging.sample_steps >= 1, source, "logging.sample_steps", "an integer >= 1", cfg.logging.sample_steps)
+    for key in ("logging.root", "text.cache_dir"):
+        folder = OmegaConf.select(cfg, key)
+        blocker = file_in_the_way(folder)
+        _check(blocker is None, source, key, f"a folder; {blocker} is a file", folder)
+    problem = backbone_problem(cfg.model.preset, json.dumps(OmegaConf.to_container(cfg.model.overrides, resolve=True),
+                               sort_keys=True), cfg.data.frames, *cfg.data.pad_to)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+
+
+def file_in_the_way(folder: str | os.PathLike) -> Optional[Path]:
+    """The first existing part of ``folder`` that is a file (so the folder cannot be made), or None."""
+    for part in [Path(folder), *Path(folder).parents]:
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def backbone_problem(preset: str, overrides_json: str, frames: int, height: int, width: int) -> Optional[str]:
+    """Why the backbone cannot be built or cannot take a (frames, height, width) clip, or None: it is built on the
+    meta device (nothing allocated) and runs one forward pass there, so every divisibility rule of the model applies."""
+    import torch
+
+    from .models.presets import PRESETS, build_backbone, example_inputs
+
+    overrides = json.loads(overrides_json)
+    try:
+        model = build_backbone(preset, text_dim=8, overrides=overrides, device="meta")  # any text width will do
+    except (TypeError, ValueError) as err:
+        key = "model.preset" if preset not in PRESETS else "model.overrides"
+        return f"bad value for '{key}': {str(err).splitlines()[0]}"
+    x, c_noise, cond = example_inputs(1, frames, (height, width), text_len=1, text_dim=8, device="meta")
+    try:
+        with torch.no_grad():
+            model(x, c_noise, cond)
+    except (RuntimeError, ValueError) as err:
+        return (f"the clip data.frames x data.pad_to = {frames} x [{height}, {width}] does not fit model.preset="
+                f"{preset}: {str(err).splitlines()[0]}")
+    return None
 
 
 def save_config(cfg: DictConfig, run_dir: str | os.PathLike) -> Path:

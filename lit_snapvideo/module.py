@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from .edm import SnapEDM
+from .errors import UserError
 from .models.presets import build_backbone, preset_kwargs
 from .models.text import NULL_CAPTION, TextEncoder
 from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
@@ -60,7 +61,7 @@ class NonFiniteLossError(RuntimeError):
     """Raised after ``optim.max_nonfinite_steps`` consecutive non-finite losses."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is refused (unsafe pickle, foreign or partial weights): one line naming the file."""
 
 
@@ -108,6 +109,7 @@ class EDMVideoModule(L.LightningModule):
         self.register_buffer("videos_seen", torch.zeros((), dtype=torch.float64))
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
+        self.unaveraged_videos = 0  # videos of this rank trained on since the last EMA update
         # torch.compile wraps the backbone only, kept outside the module tree so state_dict keys stay clean
         self.__dict__["_train_forward"] = torch.compile(self.backbone) if cfg.model.compile else self.backbone
 
@@ -186,6 +188,7 @@ class EDMVideoModule(L.LightningModule):
             return self._skip_nonfinite(loss)
         self.nonfinite_streak = 0
         b = per_sample.shape[0]
+        self.unaveraged_videos += b
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         self._log_sigma_buckets(per_sample.detach(), info["sigma"].detach(), b)
         return loss
@@ -221,10 +224,17 @@ class EDMVideoModule(L.LightningModule):
             halflife = min(halflife, float(self.videos_seen) * ratio)
         return 0.5 ** (batch_videos / max(halflife, 1e-8))
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if outputs is None:  # skipped step
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # here, not in on_train_batch_end: a checkpoint callback's on_train_batch_end runs before the module's
+        self.update_ema()
+
+    def update_ema(self) -> None:
+        """Move the EMA towards the live weights by the videos trained on since the last update (none: skipped)."""
+        if self.unaveraged_videos == 0:  # every batch since the last update was skipped (non-finite loss)
             return
-        batch_videos = batch["video"].shape[0] * self.trainer.world_size
+        batch_videos = self.unaveraged_videos * self.trainer.world_size
+        self.unaveraged_videos = 0
         self.videos_seen += batch_videos
         beta = self.ema_beta(batch_videos)
         with torch.no_grad():
@@ -346,9 +356,11 @@ class EDMVideoModule(L.LightningModule):
         for key in [k for k in state if k.startswith(UNSTORED_PREFIX)]:  # the frozen text tower
             del state[key]
         checkpoint["nonfinite_total"] = self.nonfinite_total
+        checkpoint["nonfinite_streak"] = self.nonfinite_streak
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
+        self.nonfinite_streak = checkpoint.get("nonfinite_streak", 0)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Strict (also on Lightning's resume) with one exception: the frozen text tower's keys may be absent."""

@@ -3,9 +3,10 @@
 A run directory describes itself: ``runs/<experiment>/<version>/`` holds ``config.yaml`` (merged), the TensorBoard
 events, ``checkpoints/{last,best}.ckpt`` (written atomically by Lightning: temp file, then rename), ``samples/*.gif``
 and, at the end, ``summary.json``. Rerunning the same experiment resumes from ``last.ckpt`` (model, EMA, optimiser,
-scheduler, step; the per-step random draws are functions of the step, so the resumed run repeats the
-uninterrupted one). A ``last.ckpt`` that is unsafe to load, of another model or missing tensors is refused before
-anything in the run directory is written.
+scheduler, step, the data stream position and the wall time so far; the per-step random draws are functions of the
+step, so the resumed run repeats the uninterrupted one, also from a step in the middle of an epoch). A ``last.ckpt``
+that is unsafe to load, cut short, of another model or missing tensors is refused before anything in the run
+directory is written.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import BestAndLastCheckpoint, SampleQuality, SampleVideos, SkippedFiles, Throughput
+from .callbacks import BestAndLastCheckpoint, DataTrace, SampleQuality, SampleVideos, SkippedFiles, Throughput, WallTime
 from .config import save_config
 from .data.datamodule import EDMDataModule
 from .module import CheckpointError, EDMVideoModule, load_checkpoint_file, module_for, state_dict_mismatch
@@ -33,6 +33,8 @@ from .models.presets import forward_flops
 log = logging.getLogger("lit_snapvideo")
 # the EMA backbone and the frozen text tower are meant to stay in eval mode during training
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# the DataModule's stream position (in every checkpoint) makes the training loader resumable mid-epoch
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -84,11 +86,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable
     t = cfg.trainer
     logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name,
                                default_hp_metric=False)
-    checkpoint = BestAndLastCheckpoint(run_dir / "checkpoints")
+    checkpoint = BestAndLastCheckpoint(run_dir / "checkpoints", t.checkpoint_every_n_steps)
+    wall_time = WallTime()
     throughput = Throughput(train_flops_per_video(module), cfg.logging.mfu_peak_tflops)
     samples = SampleVideos(cfg.logging.sample_every_n_steps, list(cfg.logging.sample_prompts), cfg.logging.sample_steps,
                            cfg.logging.sample_cfg, cfg.logging.sample_seed, run_dir / "samples")
-    callbacks = [checkpoint, throughput, samples, SkippedFiles(), LearningRateMonitor(logging_interval="step")]
+    callbacks = [checkpoint, wall_time, throughput, samples, SkippedFiles(), LearningRateMonitor(logging_interval="step")]
+    if cfg.logging.data_trace:
+        callbacks.append(DataTrace(run_dir / "data_trace.tsv"))
     if cfg.logging.quality_every_n_steps > 0:
         callbacks.append(SampleQuality(cfg.logging.quality_every_n_steps, cfg.logging.quality_num_videos,
                                        cfg.logging.quality_steps, cfg.logging.sample_cfg, cfg.logging.sample_seed))
@@ -103,15 +108,21 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable
         enable_progress_bar=enable_progress_bar, num_sanity_val_steps=0,
     )
     kwargs.update(overrides)
-    return L.Trainer(**kwargs), {"throughput": throughput, "samples": samples, "checkpoint": checkpoint}
+    return L.Trainer(**kwargs), {"throughput": throughput, "samples": samples, "checkpoint": checkpoint,
+                                 "wall_time": wall_time}
 
 
 def check_resume(cfg: DictConfig, module: EDMVideoModule, path: Path) -> None:
     """Refuse to resume from ``path`` unless it is safe to load, was trained with the same model and holds every
     tensor of ``module`` (CheckpointError naming the file). Runs before anything in the run directory is written."""
     fresh = "move it away or start a fresh run with --new-version"
-    # mmap: the tensors are mapped, not read; their shapes are all the key check needs
-    ckpt = load_checkpoint_file(path, "cpu", mmap=True, hint=f"fit never writes such a file; {fresh}")
+    try:  # mmap: the tensors are mapped, not read; their shapes are all the key check needs
+        ckpt = load_checkpoint_file(path, "cpu", mmap=True, hint=f"fit never writes such a file; {fresh}")
+    except CheckpointError:
+        raise
+    except Exception as err:  # torch's errors for a cut or corrupt file are many lines and do not name it
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{path}: cannot resume: the file is truncated or corrupt ({reason}); {fresh}") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     saved = ((hparams or {}).get("cfg") or {}).get("model")
     if not isinstance(saved, dict) or not isinstance(ckpt.get("state_dict"), dict):
@@ -146,22 +157,23 @@ def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_
     trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
     if trainer.is_global_zero:
         save_config(cfg, run_dir)
-    start = time.perf_counter()
     # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    wall = time.perf_counter() - start
     if trainer.is_global_zero:
-        write_summary(run_dir, cfg, module, trainer, parts, wall, resumed=ckpt_path is not None)
+        write_summary(run_dir, cfg, module, trainer, parts, resumed=ckpt_path is not None)
     return run_dir
 
 
 def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, trainer: L.Trainer, parts: dict,
-                  wall_seconds: float, resumed: bool) -> dict:
+                  resumed: bool = False) -> dict:
     """summary.json: what `make compare` tabulates (parameters, steps, wall time, losses, ms/video)."""
     path = run_dir / "summary.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     val = trainer.callback_metrics.get("val/loss")
     infer = parts["samples"].infer_ms_per_video_per_eval
+    wall = parts["wall_time"]
+    # a checkpoint written before checkpoints carried the wall time: the earlier segments are in the old summary
+    earlier = previous.get("wall_time_s", 0.0) if resumed and not wall.restored else 0.0
     summary = {
         "experiment": cfg.logging.experiment,
         "preset": cfg.model.preset,
@@ -172,8 +184,7 @@ def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, traine
         "max_time": cfg.trainer.max_time,
         "batch_size": cfg.data.batch_size,
         "videos_seen": float(module.videos_seen),
-        # wall time adds up over resumed segments
-        "wall_time_s": round(wall_seconds + (previous.get("wall_time_s", 0.0) if resumed else 0.0), 1),
+        "wall_time_s": round(wall.seconds() + earlier, 1),  # every segment, killed ones up to their checkpoint
         "final_val_loss": float(val) if val is not None else None,
         "train_ms_per_video": parts["throughput"].median_ms_per_video() or previous.get("train_ms_per_video"),
         "infer_ms_per_video_per_eval": (min(infer) if infer else previous.get("infer_ms_per_video_per_eval")),

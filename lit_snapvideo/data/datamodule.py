@@ -63,7 +63,7 @@ class EDMDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         c = self.cfg
-        train, val = load_records(c.root, c.manifest)  # DataError (a ValueError) for empty / bad manifests
+        train, val = load_records(c.root, c.manifest, self.skip_log)  # DataError for empty sets / bad manifests
         val = val[: c.limit_val_clips] if c.limit_val_clips > 0 else val
         common = dict(frames=c.frames, size=list(c.size), pad_to=None, skip_log=self.skip_log)  # padded per batch
         self.train_set = ClipDataset(train, fps_choices=list(c.fps_choices), train=True, **common)
@@ -85,7 +85,8 @@ class EDMDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = JointSampler(self.train_set.is_image, self.cfg.image_fraction, self.cfg.seed, start=self.stream_position)
+        sampler = JointSampler(self.train_set.is_image, self.cfg.image_fraction, self.cfg.seed,
+                               consumed=lambda: self.stream_position)
         return self._loader(self.train_set, self.cfg.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -26,13 +27,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from ..errors import UserError
 from .video import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -53,7 +55,7 @@ VAL_FRACTION = 0.05  # held out when a source has no split column
 MAX_RETRIES = 64  # consecutive unreadable files before the loader gives up (a broken data set, not one file)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data set that cannot be used at all (empty, bad manifest). One line naming the file."""
 
 
@@ -74,11 +76,17 @@ class Record:
         return is_image_file(self.path)
 
 
-def _optional_float(value) -> Optional[float]:
+def _optional_fps(value, where: str) -> Optional[float]:
+    """A manifest's fps cell: empty for "the container's", else a frame rate > 0 (DataError naming ``where``)."""
     if value is None or (isinstance(value, str) and value.strip() == ""):
         return None
-    value = float(value)
-    return value if value > 0 and math.isfinite(value) else None
+    try:
+        fps = float(value)
+    except (TypeError, ValueError):
+        fps = math.nan
+    if not (fps > 0 and math.isfinite(fps)):
+        raise DataError(f"{where}: fps {value!r} is not a frame rate (expected a number > 0, or empty for the file's own)")
+    return fps
 
 
 def _normalise_split(value) -> Optional[str]:
@@ -94,19 +102,29 @@ def load_manifest(path: str | Path) -> list[Record]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest {path} not found")
+    try:  # bytes, so that csv sees the line ends as they are; utf-8-sig drops a spreadsheet's byte-order mark
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"manifest {path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     if path.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        rows, lines = [], []  # lines: each row's line number, for error messages
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
                     raise DataError(f"manifest {path} line {n}: not valid JSON ({err.msg})") from None
+                if not isinstance(rows[-1], dict):
+                    raise DataError(f"manifest {path} line {n}: expected a JSON object with path and caption")
+                lines.append(n)
         columns = set().union(*(row.keys() for row in rows)) if rows else set()
     elif path.suffix.lower() == ".csv":
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            rows, columns = list(reader), set(reader.fieldnames or ())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows, lines = [], []
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)
+        columns = set(reader.fieldnames or ())
     else:
         raise DataError(f"manifest {path}: expected a .csv or .jsonl file")
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -119,17 +137,18 @@ def load_manifest(path: str | Path) -> list[Record]:
         Record(
             path=str((path.parent / str(row["path"])).resolve()),
             caption=str(row.get("caption") or ""),
-            fps=_optional_float(row.get("fps")),
+            fps=_optional_fps(row.get("fps"), f"manifest {path} line {n}"),
             split=_normalise_split(row.get("split")),
         )
-        for row in rows
+        for row, n in zip(rows, lines)
     ]
 
 
-def scan_folder(root: str | Path) -> list[Record]:
+def scan_folder(root: str | Path, skip_log: Optional[SkipLog] = None) -> list[Record]:
     """Every video / image under ``root`` (recursive, sorted) with its caption: from
     ``root/captions.csv`` (columns path, caption; path relative to root) when present, else
-    from a sidecar ``<file stem>.txt``. A file with neither is captioned with its name (warned once)."""
+    from a sidecar ``<file stem>.txt``. A file with neither is captioned with its name (warned once).
+    A file whose sidecar is not UTF-8 text is skipped (a warning, counted in ``skip_log``)."""
     root = Path(root)
     files = sorted(p for p in root.rglob("*") if p.is_file() and (is_video_file(p) or is_image_file(p)))
     table: dict[str, str] = {}
@@ -141,7 +160,15 @@ def scan_folder(root: str | Path) -> list[Record]:
         caption = table.get(str(file.resolve()))
         sidecar = file.with_suffix(".txt")
         if caption is None and sidecar.is_file():
-            caption = sidecar.read_text().strip()
+            try:
+                caption = sidecar.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError as err:
+                bad = BadFileError(file, f"its caption {sidecar.name} is not UTF-8 text (byte {err.start})")
+                if skip_log is not None:
+                    skip_log.add(bad)
+                else:
+                    log.warning("skipping bad file %s", bad)
+                continue
         if caption is None:
             caption, unnamed = re.sub(r"[_\-]+", " ", file.stem), unnamed + 1
         records.append(Record(path=str(file.resolve()), caption=caption))
@@ -167,10 +194,12 @@ def split_records(records: list[Record]) -> tuple[list[Record], list[Record]]:
     return [r for r in records if r.path not in val_paths], val
 
 
-def load_records(root: str | Path, manifest: Optional[str] = None) -> tuple[list[Record], list[Record]]:
+def load_records(root: str | Path, manifest: Optional[str] = None,
+                 skip_log: Optional[SkipLog] = None) -> tuple[list[Record], list[Record]]:
     """(train, val) records for ``data.root`` / ``data.manifest``. ``root`` may be a folder (its
     manifest.csv / manifest.jsonl is used when present, else its files are scanned) or a manifest
-    file. Raises DataError for a missing root or an empty data set."""
+    file. Raises DataError for a missing root, a bad manifest or an empty data set; files skipped while
+    scanning a folder go to ``skip_log``."""
     root = Path(root)
     if manifest is not None:
         source = root / manifest if not Path(manifest).is_absolute() else Path(manifest)
@@ -180,7 +209,7 @@ def load_records(root: str | Path, manifest: Optional[str] = None) -> tuple[list
     elif root.is_dir():
         found = [root / name for name in MANIFEST_NAMES if (root / name).is_file()]
         source = found[0] if found else root
-        records = load_manifest(source) if found else scan_folder(root)
+        records = load_manifest(source) if found else scan_folder(root, skip_log)
     else:
         raise DataError(f"data.root {root} does not exist (expected a folder of videos/images or a manifest file)")
     if not records:
@@ -282,7 +311,9 @@ class ClipDataset(Dataset):
         same_kind = [i for i, img in enumerate(self.is_image) if img == self.is_image[index] and i not in self._bad]
         candidates = same_kind or [i for i in range(len(self)) if i not in self._bad]
         if not candidates:
-            raise RuntimeError(f"every one of the {len(self)} files in this data set is unreadable (see the warnings above)")
+            example = next(iter(self.skip_log.reasons().items()), ("", ""))
+            raise DataError(f"all {len(self)} files of this data set are unreadable (e.g. {example[0]}: {example[1]}); "
+                            "`lit-snapvideo data check` lists them")
         if rng is not None:
             return candidates[int(torch.randint(len(candidates), (1,), generator=rng))]
         return next((i for i in candidates if i > index), candidates[0])  # deterministic: the next good one
@@ -301,7 +332,8 @@ class ClipDataset(Dataset):
                     self._bad.add(index)
                     self.skip_log.add(err)
             index = self._replacement(index, rng)
-        raise RuntimeError(f"{MAX_RETRIES} unreadable files in a row; the data set looks broken (see the warnings above)")
+        raise DataError(f"{MAX_RETRIES} unreadable files in a row; the data set looks broken (the warnings above name "
+                        "them; `lit-snapvideo data check` lists all)")
 
 
 class JointSampler(Sampler[tuple[int, int]]):
@@ -310,15 +342,21 @@ class JointSampler(Sampler[tuple[int, int]]):
     Draw number ``p`` (counted from the start of training) is a function of ``(seed, p)`` only:
     an image with probability ``image_fraction`` and a video otherwise (when only one kind exists,
     it is used for every draw), uniformly within the kind, plus a per-sample seed for the frame
-    rate and start. Yields ``(index, sample_seed)`` for :class:`ClipDataset`. ``position`` is the
-    next draw; set it (``start``) to continue a stream after a resume.
+    rate and start. Yields ``(index, sample_seed)`` for :class:`ClipDataset`.
+
+    Each pass starts at ``consumed()`` when given: the number of draws training has used so far
+    (the DataModule counts them and checkpoints carry the count). A Lightning epoch resumed part-way
+    ends after fewer draws than a pass and ``drop_last`` leaves draws unused, so the next pass must
+    start where training stopped, not a whole pass after the previous start. Without ``consumed``
+    the passes follow each other from ``start``.
     """
 
-    def __init__(self, is_image: Sequence[bool], image_fraction: float, seed: int = 0, start: int = 0):
+    def __init__(self, is_image: Sequence[bool], image_fraction: float, seed: int = 0, start: int = 0,
+                 consumed: Optional[Callable[[], int]] = None):
         self.images = [i for i, img in enumerate(is_image) if img]
         self.videos = [i for i, img in enumerate(is_image) if not img]
         self.image_fraction = image_fraction if self.images and self.videos else float(bool(self.images))
-        self.num_samples, self.seed, self.position = len(is_image), seed, start
+        self.num_samples, self.seed, self.position, self.consumed = len(is_image), seed, start, consumed
 
     def __len__(self) -> int:
         return self.num_samples
@@ -329,7 +367,8 @@ class JointSampler(Sampler[tuple[int, int]]):
         return pool[int(torch.randint(len(pool), (), generator=g))], int(torch.randint(2**62, (), generator=g))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        first, self.position = self.position, self.position + self.num_samples
+        first = self.consumed() if self.consumed is not None else self.position
+        self.position = first + self.num_samples
         return (self.draw(p) for p in range(first, first + self.num_samples))
 
 

@@ -1,0 +1,154 @@
+"""Exact resume from any step: a run stopped part-way through an epoch (by a crash, a kill or max_steps) and rerun
+ends with the weights, EMA and optimiser state of the uninterrupted run, after training on the same clips in the
+same order; summary.json's wall time counts every segment.
+
+The schedule: 24 training clips in batches of 4 (an epoch is 6 steps), validation every 4 steps, last.ckpt also
+every 5 steps. The run stops after step 5 (no multiple of 6 or 4), resumes and crosses two epoch boundaries."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from lit_snapvideo.callbacks import read_data_trace
+from lit_snapvideo.config import load_config
+from lit_snapvideo.module import EDMVideoModule
+from lit_snapvideo.train import fit
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_STEPS, STOP_AFTER = 14, 5
+SCHEDULE = {"data.batch_size": 4, "trainer.max_steps": MAX_STEPS, "trainer.val_every_n_steps": 4,
+            "trainer.checkpoint_every_n_steps": 5, "logging.sample_every_n_steps": 0, "logging.data_trace": True}
+
+
+def _overrides(shapes_root, runs, name) -> list[str]:
+    return tiny_overrides(shapes_root, runs, "fit_tiny", **SCHEDULE, **{"logging.experiment": name})
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    """Largest absolute difference over the weights (live and EMA, videos_seen) and the optimiser state."""
+    assert set(a["state_dict"]) == set(b["state_dict"])
+    pairs = [(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]]
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        pairs += [(sa[k], sb[k]) for k in sa if torch.is_tensor(sa[k])]
+    return max(float((x.double() - y.double()).abs().max()) for x, y in pairs)
+
+
+def _assert_same_run(straight: Path, resumed: Path) -> float:
+    a, b = _checkpoint(straight), _checkpoint(resumed)
+    assert a["global_step"] == b["global_step"] == MAX_STEPS
+    assert any(k.startswith("ema_backbone.") for k in a["state_dict"])
+    diff = _max_difference(a, b)
+    print(f"resume difference {diff:g} ({resumed.parent.name})")  # shown with pytest -s
+    assert diff <= 1e-6, diff
+    seen, again = read_data_trace(straight / "data_trace.tsv"), read_data_trace(resumed / "data_trace.tsv")
+    assert sorted(seen) == list(range(1, MAX_STEPS + 1))
+    assert again == seen  # the same clips, frame rates, crops and stream positions at every step
+    return diff
+
+
+@pytest.fixture(scope="module")
+def straight_run(shapes_root, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("straight")
+    return fit(load_config(None, _overrides(shapes_root, runs, "straight")), enable_progress_bar=False)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_mid_epoch(shapes_root, tmp_path, straight_run, monkeypatch):
+    """The crash comes in step 7: last.ckpt holds step 5, written by the every-5-steps save (Lightning restarts
+    "on train batch end"), the state a kill leaves."""
+    original = EDMVideoModule.on_train_batch_start
+
+    def crash_in_step_7(self, batch, batch_idx):
+        if self.global_step == 6:
+            raise Crash("step 7")
+        return original(self, batch, batch_idx)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EDMVideoModule, "on_train_batch_start", crash_in_step_7)
+        with pytest.raises(Crash):
+            fit(load_config(None, _overrides(shapes_root, tmp_path, "crashed")), enable_progress_bar=False)
+    run_dir = tmp_path / "crashed" / "version_0"
+    saved = _checkpoint(run_dir)
+    assert saved["global_step"] == STOP_AFTER
+    before = saved["callbacks"]["WallTime"]["seconds"]
+    fit(load_config(None, _overrides(shapes_root, tmp_path, "crashed")), enable_progress_bar=False)
+    _assert_same_run(straight_run, run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["wall_time_s"] > before > 0
+
+
+def test_resume_after_max_steps_mid_epoch(shapes_root, tmp_path, straight_run):
+    """Stopped by a smaller max_steps (last.ckpt written at the end of training), then run to the end."""
+    fit(load_config(None, _overrides(shapes_root, tmp_path, "stopped")), enable_progress_bar=False,
+        max_steps=STOP_AFTER)
+    run_dir = tmp_path / "stopped" / "version_0"
+    first = json.loads((run_dir / "summary.json").read_text())["wall_time_s"]
+    fit(load_config(None, _overrides(shapes_root, tmp_path, "stopped")), enable_progress_bar=False)
+    _assert_same_run(straight_run, run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["wall_time_s"] > first > 0
+
+
+def _fit_command(shapes_root, runs: Path, name: str) -> list[str]:
+    config = runs / "tiny.yaml"
+    config.write_text("model: {preset: fit_tiny}\n")
+    return [sys.executable, "-m", "lit_snapvideo", "fit", str(config), *_overrides(shapes_root, runs, name),
+            "--no-progress"]
+
+
+def _environment() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_epoch(shapes_root, tmp_path):
+    """Real processes: an uninterrupted run; a run killed with SIGKILL in step 7 or 8 (last.ckpt holds step 5;
+    the next save comes with the validation after step 8), rerun to the end."""
+    env = _environment()
+    straight = subprocess.run(_fit_command(shapes_root, tmp_path, "straight"), env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    run_dir = tmp_path / "killed" / "version_0"
+    trace = run_dir / "data_trace.tsv"
+    proc = subprocess.Popen(_fit_command(shapes_root, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        # Lightning runs checkpoint callbacks last: step 6 in the trace means step 5's save is complete
+        while not (trace.exists() and STOP_AFTER + 1 in read_data_trace(trace)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before step 6"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = _checkpoint(run_dir)
+    assert saved["global_step"] == STOP_AFTER, "killed too late: raise the gap between saves"
+    assert not (run_dir / "summary.json").exists()
+    before = saved["callbacks"]["WallTime"]["seconds"]
+
+    started = time.monotonic()
+    resumed = subprocess.run(_fit_command(shapes_root, tmp_path, "killed"), env=env, capture_output=True,
+                             text=True, timeout=600)
+    elapsed = time.monotonic() - started
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same_run(tmp_path / "straight" / "version_0", run_dir)
+    wall = json.loads((run_dir / "summary.json").read_text())["wall_time_s"]
+    assert before < wall < before + elapsed + 0.1  # the killed segment up to its checkpoint, plus the rerun

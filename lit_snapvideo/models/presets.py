@@ -97,7 +97,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the CPU ablation pair at 8 x 24 x 40 (experiments/ablation/; see the module docstring): the small pair's
     # layers with FIT's grid, groups and latents resized to that clip, and the U-Net's extra attention level and
     # pooled text
-    "fit_mini": {**_FIT_SMALL, "input_size": (8, 24, 40), "group_size": (8, 3, 5), "num_latents": 128},
+    # plus two of FIT's small-scale options (models/fit.py): the patch-grid convolution and adaLN sigma modulation
+    # of the patch side (results/fit_cpu_screen.md)
+    "fit_mini": {**_FIT_SMALL, "input_size": (8, 24, 40), "group_size": (8, 3, 5), "num_latents": 128,
+                 "patch_conv": True, "sigma_modulation": True},
     "unet_mini": {**_UNET_SMALL, "attention_resolutions": (32, 16, 8), "pooled_text": True},
     # unit-test sizes: 8 x 16 x 16 videos
     "fit_tiny": dict(kind="fit", input_size=(8, 16, 16), patch_size=(1, 4, 4), group_size=(8, 2, 2), patch_dim=32,

@@ -83,16 +83,20 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:
     lines.append("")
     quality_keys = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))
                            and k.startswith(QUALITY_PREFIXES) and not k.endswith(("num_scored", "num_seeds"))})
-    head = ["run", "preset", "params", "steps", "wall time (s)", "train ms/video", "infer ms/video/eval",
+    head = ["run", "preset", "params", "budget", "steps", "wall time (s)", "train ms/video", "infer ms/video/eval",
             "val loss"] + quality_keys
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in runs:
-        row = [r["experiment"], r["preset"], human_count(r["parameters"]), str(r["steps"]), fmt(r["wall_time_s"], 0),
+        budget = f"max_time {r['max_time']}" if r.get("max_time") else f"{r.get('max_steps', r['steps'])} steps"
+        row = [r["experiment"], r["preset"], human_count(r["parameters"]), budget, str(r["steps"]),
+               fmt(r["wall_time_s"], 0),
                fmt(r.get("train_ms_per_video"), 1), fmt(r.get("infer_ms_per_video_per_eval"), 1),
                fmt(r.get("final_val_loss"), 4)] + [fmt(r["metrics"].get(k), 4) for k in quality_keys]
         lines.append("| " + " | ".join(row) + " |")
-    by_kind = {r["kind"]: r for r in runs}
+    by_kind: dict[str, dict] = {}
+    for r in runs:  # the speed-ups compare the first run of each kind (list the equal-steps pair first)
+        by_kind.setdefault(r["kind"], r)
     if "fit" in by_kind and "unet" in by_kind:
         f, u = by_kind["fit"], by_kind["unet"]
         lines.append("")

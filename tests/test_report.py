@@ -24,12 +24,24 @@ def test_compare_table2_layout_and_ratios(tmp_path):
     fit = _run(tmp_path, "fit", "fit", 50.0, 10.0, {"probe/prompt_accuracy": 0.5})
     unet = _run(tmp_path, "unet", "unet", 150.0, 40.0)
     text = compare_runs([fit, unet], tmp_path / "ablation.md")
-    assert "| fit | fit_small | 2.1M | 1000 |" in text
+    assert "| fit | fit_small | 2.1M | 1000 steps | 1000 |" in text
     assert "Training speed-up FIT over U-Net (ours): 3.00x (paper, FIT 500M vs U-Net 284M: 3.31x)" in text
     assert "4.00x (paper: 4.49x)" in text
     assert "| Snap Video FIT 500M | 500.0M | 3.07 | 27.79 | 0.2459 | 69.5 | 23.4 |" in text
     assert "probe/prompt_accuracy" in text and "0.5000" in text
     assert (tmp_path / "ablation.md").read_text() == text
+
+
+def test_compare_names_the_budget_and_takes_speedups_from_the_first_pair(tmp_path):
+    """Equal-steps pair first, then an equal-wall-clock run: its row says max_time, the ratios stay the pair's."""
+    fit = _run(tmp_path, "fit", "fit", 50.0, 10.0)
+    unet = _run(tmp_path, "unet", "unet", 150.0, 40.0)
+    timed = _run(tmp_path, "fit_timed", "fit", 25.0, 5.0)
+    summary = json.loads((timed / "summary.json").read_text())
+    (timed / "summary.json").write_text(json.dumps({**summary, "max_time": "00:00:20:00", "max_steps": 9999}))
+    text = compare_runs([fit, unet, timed], tmp_path / "ablation.md")
+    assert "| fit_timed | fit_small | 2.1M | max_time 00:00:20:00 | 1000 |" in text
+    assert "Training speed-up FIT over U-Net (ours): 3.00x" in text
 
 
 def test_reports_name_the_runs_data(tmp_path):

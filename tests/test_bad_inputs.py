@@ -65,8 +65,16 @@ CONFIG = [
 @pytest.mark.parametrize("name,overrides,fragment", CONFIG, ids=[row[0] for row in CONFIG])
 def test_bad_config(shapes_root, tmp_path, experiment, a_file, capsys, name, overrides, fragment):
     base = tiny_overrides(shapes_root, tmp_path / "runs")
-    line = _fails(["config", str(experiment), *base, *(o.format(file=a_file) for o in overrides)], capsys, fragment)
-    assert str(experiment) in line
+    overrides = [o.format(file=a_file) for o in overrides]
+    line = _fails(["config", str(experiment), *base, *overrides], capsys, fragment)
+    assert line.split(": error: ")[1].startswith("command line override") and overrides[-1] in line, line
+
+
+def test_bad_config_in_the_file_names_the_file(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: {preset: fit_huge}\n")
+    line = _fails(["config", str(path), "trainer.max_steps=3"], capsys, "bad value for 'model.preset'")
+    assert line.split(": error: ")[1].startswith(f"{path}: "), line
 
 
 def test_fit_refuses_a_clip_the_backbone_cannot_take_before_writing(shapes_root, tmp_path, experiment, capsys):

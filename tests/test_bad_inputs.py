@@ -139,6 +139,17 @@ def test_bad_data(shapes_root, tmp_path, experiment, capsys, name, make, fragmen
     if command == "data check" and name == "all_bad_root":  # data check lists the files, then fails
         fragment = "{data}: none of its 3 file(s) can be used at 16 frames (e.g. {data}/"
     _fails(argv, capsys, fragment.format(data=data))
+    assert not (tmp_path / "runs" / "tiny").exists()  # a failed start leaves no run folder
+
+
+def test_a_failed_start_keeps_an_existing_run(tiny_checkpoint, tmp_path, experiment, capsys):
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    shutil.copytree(tiny_checkpoint.parent.parent, run_dir)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    overrides = tiny_overrides(_all_bad(tmp_path / "bad"), tmp_path / "runs", **{
+        "data.size": "[16,32]", "data.pad_to": "[16,32]", "trainer.max_steps": 4})
+    _fails(["fit", str(experiment), *overrides, "--no-progress"], capsys, "files of this data set are unreadable")
+    assert set(before) <= {p.relative_to(run_dir) for p in run_dir.rglob("*")}  # resumed, failed, nothing removed
 
 
 def _clip(path: Path, frames: int) -> Path:

@@ -473,6 +473,15 @@ def parse_caption(caption: str) -> dict:
     return {**objects[0], "background": background[1], "objects": objects}
 
 
+def is_shapes_caption(caption: str) -> bool:
+    """Whether ``caption`` is in the moving-shapes grammar (:func:`parse_caption` reads it)."""
+    try:
+        parse_caption(caption)
+    except ValueError:
+        return False
+    return True
+
+
 def _even(v: float) -> int:
     return 2 * int(round(v / 2))
 

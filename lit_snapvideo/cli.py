@@ -172,8 +172,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="sample a checkpoint on validation captions and score it (metrics.json)",
         description="Generate videos for the run's validation captions and score them. Offline by default: the "
         "embedded set's probe metrics (prompt accuracy, probe-FVD, temporal consistency; they do not compare with "
-        "published FVD; skipped on other data, whose validation captions are then the prompts). With detector files you bring: FVD (TorchScript I3D, stylegan-v protocol), per-frame FID "
-        "(TorchScript Inception), CLIPSIM (open_clip checkpoint). Writes metrics.json in the run directory.")
+        "published FVD; skipped on other data, whose validation captions are then the prompts). With detector "
+        "files you bring: FVD (TorchScript I3D, stylegan-v protocol), per-frame FID (TorchScript Inception), "
+        "CLIPSIM (open_clip checkpoint). Writes metrics.json in the run directory.")
     p.add_argument("checkpoint", help="a .ckpt written by lit-snapvideo fit")
     p.add_argument("--num-videos", type=int, default=32, help="videos per seed (default 32)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds; metrics report mean and std")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import resource
 import statistics
 import time
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
@@ -258,9 +261,14 @@ class SampleQuality(L.Callback):
         self.last_step = -1
 
     def on_fit_start(self, trainer: L.Trainer, module: Any) -> None:
+        from .data.datasets import is_shapes_caption, load_records
         from .metrics.evaluate import probe_for, validation_prompts
 
         cfg = module.cfg
+        train, val = load_records(cfg.data.root, cfg.data.manifest)
+        if not all(is_shapes_caption(r.caption) for r in train + val):  # the probe's labels are those captions
+            log.warning("logging.quality_every_n_steps: skipped, %s is not the moving-shapes set", cfg.data.root)
+            return
         self.prompts = validation_prompts(cfg.data.root, cfg.data.manifest, self.num_videos)
         self.probe = probe_for(cfg)
 

@@ -65,9 +65,16 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--seed", type=int, default=d.seed, help="same seed, same attributes and captions")
     shapes.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
     shapes.set_defaults(run=_run_data_shapes)
-    check = tools.add_parser("check", help="load every file of a data set once; list the ones training would skip")
-    check.add_argument("root", help="a folder of videos/images or a manifest (.csv/.jsonl)")
+    check = tools.add_parser("check", help="load every file of a data set once; list the ones training would skip",
+                             description="Load every file as training would and list the ones it would skip (too "
+                             "short for the frame count included). Exit status 2 when no file can be used.")
+    check.add_argument("root", nargs="?", help="a folder of videos/images or a manifest (.csv/.jsonl); "
+                       "default: data.root of --config")
     check.add_argument("--manifest", default=None, help="manifest inside root (default: root/manifest.{csv,jsonl} if present)")
+    check.add_argument("--config", help="experiment YAML: check at its data.frames, data.size and data.fps_choices "
+                       "(and its data.root and data.manifest when no root is given)")
+    check.add_argument("--frames", type=int, default=None,
+                       help=f"frames a clip must have, as training's data.frames (default: --config's, else {d.frames})")
     check.set_defaults(run=_run_data_check)
 
 
@@ -87,20 +94,34 @@ def _run_data_shapes(args: argparse.Namespace) -> None:
 
 
 def _run_data_check(args: argparse.Namespace) -> None:
-    from .config import DataConfig
-    from .data.datasets import ClipDataset, SkipLog, load_records
+    from .config import DataConfig, load_config
+    from .data.datasets import ClipDataset, DataError, SkipLog, load_records
     from .data.video import BadFileError
 
-    d = DataConfig()
+    d = load_config(args.config).data if args.config else DataConfig()
+    if args.root is None and not args.config:
+        raise UserError("data check: give a data ROOT or --config EXPERIMENT.yaml")
+    root, manifest = (args.root, args.manifest) if args.root else (d.root, args.manifest or d.manifest)
+    frames = d.frames if args.frames is None else args.frames
+    if frames < 1:
+        raise UserError(f"--frames {frames}: expected an integer >= 1")
     skips = SkipLog()
-    train, val = load_records(args.root, args.manifest, skips)
-    dataset = ClipDataset(train + val, d.frames, d.size, fps_choices=d.fps_choices, skip_log=skips)
+    train, val = load_records(root, manifest, skips)
+    records = list({r.path: r for r in train + val}.values())  # a one-record set is in both splits
+    dataset = ClipDataset(records, frames, d.size, fps_choices=d.fps_choices, skip_log=skips)
+    usable, first_bad = 0, None
     for index in range(len(dataset)):
         try:
             dataset.load(index)
+            usable += 1
         except BadFileError as err:
             skips.add(err)  # one warning line each on stderr
-    print(f"{len(train)} train + {len(val)} val records; {skips.count()} file(s) would be skipped")
+            first_bad = first_bad or err
+    print(f"{len(train)} train + {len(val)} val records; {skips.count()} file(s) would be skipped "
+          f"(checked at {frames} frames of {d.size[0]}x{d.size[1]})")
+    if usable == 0:
+        raise DataError(f"{root}: none of its {len(records)} file(s) can be used at {frames} frames (e.g. {first_bad}); "
+                        "the warnings above list each one")
 
 
 # ---- fit --------------------------------------------------------------------------------------
@@ -151,8 +172,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="sample a checkpoint on validation captions and score it (metrics.json)",
         description="Generate videos for the run's validation captions and score them. Offline by default: the "
         "embedded set's probe metrics (prompt accuracy, probe-FVD, temporal consistency; they do not compare with "
-        "published FVD). With detector files you bring: FVD (TorchScript I3D, stylegan-v protocol), per-frame FID "
-        "(TorchScript Inception), CLIPSIM (open_clip checkpoint). Writes metrics.json in the run directory.")
+        "published FVD; skipped on other data, whose validation captions are then the prompts). With detector "
+        "files you bring: FVD (TorchScript I3D, stylegan-v protocol), per-frame FID (TorchScript Inception), "
+        "CLIPSIM (open_clip checkpoint). Writes metrics.json in the run directory.")
     p.add_argument("checkpoint", help="a .ckpt written by lit-snapvideo fit")
     p.add_argument("--num-videos", type=int, default=32, help="videos per seed (default 32)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds; metrics report mean and std")

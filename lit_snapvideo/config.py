@@ -17,10 +17,11 @@ import functools
 import json
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -202,9 +203,12 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:  # an empty file is more likely a mistake than a wish for every default
+        raise ConfigError(f"{path}: the file is empty (expected sections such as model:, data:, trainer:; "
+                          "write '{}' for all defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
     return data
@@ -288,70 +292,94 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
             OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as err:
             err.full_key = getattr(err, "full_key", None) or key
-            raise _explain(err, "command line", schema) from None
+            raise _explain(err, f"command line override {item}", schema) from None
     source = str(chain[-1][0]) if chain else "defaults"
     if path is not None and cfg.logging.experiment is None:
         cfg.logging.experiment = Path(path).stem
-    validate(cfg, source)
+    validate(cfg, source, overrides)
     return cfg
 
 
-def _check(ok: bool, source: str, key: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{source}: bad value for '{key}': {value!r} (expected {expected})")
+def _related(a: str, b: str) -> bool:
+    """Whether dotted keys ``a`` and ``b`` are the same key or one holds the other."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
-def validate(cfg: DictConfig, source: str = "config") -> None:
-    """Value checks the type system cannot express. One ConfigError line for the first problem."""
+def _blame(source: str, overrides: Sequence[str], *keys: str) -> str:
+    """Where the value of ``keys`` came from: the last command-line override of each (``command line override
+    key=value``), else ``source`` (the YAML file)."""
+    last: dict[str, str] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if any(_related(key, k) for k in keys):
+            last.pop(key, None)
+            last[key] = item
+    if not last:
+        return source
+    return f"command line override{'s' if len(last) > 1 else ''} {' '.join(last.values())}"
+
+
+def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] = ()) -> None:
+    """Value checks the type system cannot express. One ConfigError line for the first problem, naming the
+    command-line override that set the bad value, or else ``source``."""
+
+    def check(ok: bool, key: str, expected: str, value: Any) -> None:
+        if not ok:
+            where = _blame(source, overrides, key)
+            raise ConfigError(f"{where}: bad value for '{key}': {value!r} (expected {expected})")
+
     d, t, o, dat, txt = cfg.diffusion, cfg.trainer, cfg.optim, cfg.data, cfg.text
-    _check(d.framework in ("snap", "edm"), source, "diffusion.framework", "'snap' or 'edm'", d.framework)
+    check(d.framework in ("snap", "edm"), "diffusion.framework", "'snap' or 'edm'", d.framework)
     for key in ("sigma_data", "sigma_in", "sigma_min", "sigma_max", "rho", "p_std"):
-        _check(d[key] > 0 and math.isfinite(d[key]), source, f"diffusion.{key}", "a finite number > 0", d[key])
+        check(d[key] > 0 and math.isfinite(d[key]), f"diffusion.{key}", "a finite number > 0", d[key])
     if d.image_sigma_in is not None:
-        _check(d.image_sigma_in > 0, source, "diffusion.image_sigma_in", "a number > 0 or null", d.image_sigma_in)
-    _check(d.sigma_min < d.sigma_max, source, "diffusion.sigma_min", f"< sigma_max ({d.sigma_max})", d.sigma_min)
-    _check(t.max_steps > 0, source, "trainer.max_steps", "an integer > 0", t.max_steps)
-    _check(t.val_every_n_steps > 0, source, "trainer.val_every_n_steps", "an integer > 0", t.val_every_n_steps)
-    _check(t.log_every_n_steps > 0, source, "trainer.log_every_n_steps", "an integer > 0", t.log_every_n_steps)
-    _check(t.checkpoint_every_n_steps >= 0, source, "trainer.checkpoint_every_n_steps", "an integer >= 0 (0: off)",
-           t.checkpoint_every_n_steps)
-    _check(t.num_nodes >= 1, source, "trainer.num_nodes", "an integer >= 1", t.num_nodes)
-    _check(
+        check(d.image_sigma_in > 0, "diffusion.image_sigma_in", "a number > 0 or null", d.image_sigma_in)
+    check(d.sigma_min < d.sigma_max, "diffusion.sigma_min", f"< sigma_max ({d.sigma_max})", d.sigma_min)
+    check(t.max_steps > 0, "trainer.max_steps", "an integer > 0", t.max_steps)
+    check(t.val_every_n_steps > 0, "trainer.val_every_n_steps", "an integer > 0", t.val_every_n_steps)
+    check(t.log_every_n_steps > 0, "trainer.log_every_n_steps", "an integer > 0", t.log_every_n_steps)
+    check(t.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps", "an integer >= 0 (0: off)",
+          t.checkpoint_every_n_steps)
+    check(t.num_nodes >= 1, "trainer.num_nodes", "an integer >= 1", t.num_nodes)
+    check(
         t.precision in ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true"),
-        source, "trainer.precision", "auto, 32-true, bf16-mixed, bf16-true, 16-mixed or 64-true", t.precision,
+        "trainer.precision", "auto, 32-true, bf16-mixed, bf16-true, 16-mixed or 64-true", t.precision,
     )
-    _check(o.name in ("auto", "adam", "adamw", "lamb"), source, "optim.name", "auto, adam, adamw or lamb", o.name)
-    _check(o.lr is None or o.lr > 0, source, "optim.lr", "a number > 0 (or null: the paper's)", o.lr)
-    _check(o.betas is None or (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)), source, "optim.betas",
-           "two numbers in [0, 1) (or null: the paper's)", None if o.betas is None else list(o.betas))
-    _check(o.weight_decay >= 0, source, "optim.weight_decay", "a number >= 0", o.weight_decay)
-    _check(o.warmup_steps >= 0, source, "optim.warmup_steps", "an integer >= 0", o.warmup_steps)
-    _check(o.schedule in ("cosine", "constant"), source, "optim.schedule", "cosine or constant", o.schedule)
-    _check(o.grad_clip >= 0, source, "optim.grad_clip", "a number >= 0 (0 disables)", o.grad_clip)
-    _check(o.ema_halflife_videos > 0, source, "optim.ema_halflife_videos", "a number > 0", o.ema_halflife_videos)
-    _check(0 <= o.self_cond_prob <= 1, source, "optim.self_cond_prob", "a probability in [0, 1]", o.self_cond_prob)
-    _check(o.max_nonfinite_steps >= 1, source, "optim.max_nonfinite_steps", "an integer >= 1", o.max_nonfinite_steps)
-    _check(dat.frames >= 1, source, "data.frames", "an integer >= 1", dat.frames)
-    _check(len(dat.size) == 2 and min(dat.size) > 0, source, "data.size", "[H, W] with H, W > 0", list(dat.size))
-    _check(
+    check(o.name in ("auto", "adam", "adamw", "lamb"), "optim.name", "auto, adam, adamw or lamb", o.name)
+    check(o.lr is None or o.lr > 0, "optim.lr", "a number > 0 (or null: the paper's)", o.lr)
+    check(o.betas is None or (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)), "optim.betas",
+          "two numbers in [0, 1) (or null: the paper's)", None if o.betas is None else list(o.betas))
+    check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
+    check(o.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0", o.warmup_steps)
+    check(o.schedule in ("cosine", "constant"), "optim.schedule", "cosine or constant", o.schedule)
+    check(o.grad_clip >= 0, "optim.grad_clip", "a number >= 0 (0 disables)", o.grad_clip)
+    check(o.ema_halflife_videos > 0, "optim.ema_halflife_videos", "a number > 0", o.ema_halflife_videos)
+    check(0 <= o.self_cond_prob <= 1, "optim.self_cond_prob", "a probability in [0, 1]", o.self_cond_prob)
+    check(o.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps", "an integer >= 1", o.max_nonfinite_steps)
+    check(dat.frames >= 1, "data.frames", "an integer >= 1", dat.frames)
+    check(len(dat.size) == 2 and min(dat.size) > 0, "data.size", "[H, W] with H, W > 0", list(dat.size))
+    check(
         len(dat.pad_to) == 2 and dat.pad_to[0] >= dat.size[0] and dat.pad_to[1] >= dat.size[1],
-        source, "data.pad_to", f"[H, W] at least data.size {list(dat.size)}", list(dat.pad_to),
+        "data.pad_to", f"[H, W] at least data.size {list(dat.size)}", list(dat.pad_to),
     )
-    _check(len(dat.fps_choices) > 0 and min(dat.fps_choices) > 0, source, "data.fps_choices", "a non-empty list of fps > 0", list(dat.fps_choices))
-    _check(0 <= dat.image_fraction <= 1, source, "data.image_fraction", "a fraction in [0, 1]", dat.image_fraction)
-    _check(dat.batch_size >= 1, source, "data.batch_size", "an integer >= 1", dat.batch_size)
-    _check(dat.num_workers >= 0, source, "data.num_workers", "an integer >= 0", dat.num_workers)
-    _check(0 <= txt.label_dropout <= 1, source, "text.label_dropout", "a probability in [0, 1]", txt.label_dropout)
-    _check(txt.max_length >= 1, source, "text.max_length", "an integer >= 1", txt.max_length)
-    _check(cfg.logging.sample_steps >= 1, source, "logging.sample_steps", "an integer >= 1", cfg.logging.sample_steps)
+    check(len(dat.fps_choices) > 0 and min(dat.fps_choices) > 0, "data.fps_choices", "a non-empty list of fps > 0", list(dat.fps_choices))
+    check(0 <= dat.image_fraction <= 1, "data.image_fraction", "a fraction in [0, 1]", dat.image_fraction)
+    check(dat.batch_size >= 1, "data.batch_size", "an integer >= 1", dat.batch_size)
+    check(dat.num_workers >= 0, "data.num_workers", "an integer >= 0", dat.num_workers)
+    check(0 <= txt.label_dropout <= 1, "text.label_dropout", "a probability in [0, 1]", txt.label_dropout)
+    check(txt.max_length >= 1, "text.max_length", "an integer >= 1", txt.max_length)
+    check(cfg.logging.sample_steps >= 1, "logging.sample_steps", "an integer >= 1", cfg.logging.sample_steps)
     for key in ("logging.root", "text.cache_dir"):
         folder = OmegaConf.select(cfg, key)
         blocker = file_in_the_way(folder)
-        _check(blocker is None, source, key, f"a folder; {blocker} is a file", folder)
+        check(blocker is None, key, f"a folder; {blocker} is a file", folder)
     problem = backbone_problem(cfg.model.preset, json.dumps(OmegaConf.to_container(cfg.model.overrides, resolve=True),
                                sort_keys=True), cfg.data.frames, *cfg.data.pad_to)
     if problem:
-        raise ConfigError(f"{source}: {problem}")
+        named = re.match(r"bad value for '([\w.]+)'", problem)  # the preset or its overrides alone, else the clip too
+        keys = (named[1],) if named else ("model.preset", "model.overrides", "data.frames", "data.pad_to")
+        where = _blame(source, overrides, *keys)
+        raise ConfigError(f"{where}: {problem}")
 
 
 def file_in_the_way(folder: str | os.PathLike) -> Optional[Path]:

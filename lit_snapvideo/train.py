@@ -6,7 +6,8 @@ and, at the end, ``summary.json``. Rerunning the same experiment resumes from ``
 scheduler, step, the data stream position and the wall time so far; the per-step random draws are functions of the
 step, so the resumed run repeats the uninterrupted one, also from a step in the middle of an epoch). A ``last.ckpt``
 that is unsafe to load, cut short, of another model or missing tensors is refused before anything in the run
-directory is written.
+directory is written. A start that fails before its first step (bad data, a problem found late) removes the run
+directory it created; an existing run's directory is never removed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -154,14 +156,41 @@ def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_
     if ckpt_path:
         check_resume(cfg, module, last)  # a foreign or other-model checkpoint leaves the run as it was
         log.info("resuming from %s", ckpt_path)
+    created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # what this start makes
     trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
-    if trainer.is_global_zero:
-        save_config(cfg, run_dir)
-    # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        if trainer.is_global_zero:
+            save_config(cfg, run_dir)
+        # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except Exception:
+        if trainer.is_global_zero and trainer.global_step == 0:  # bad data or config found late: nothing to keep
+            remove_stray_run(run_dir, created)
+        raise
     if trainer.is_global_zero:
         write_summary(run_dir, cfg, module, trainer, parts, resumed=ckpt_path is not None)
     return run_dir
+
+
+# what a start writes before its first step; a folder holding anything else is never removed
+STRAY_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*", "data_trace.tsv")
+
+
+def remove_stray_run(run_dir: Path, created: list[Path]) -> None:
+    """Remove the run directory of a failed start when this start created it (it is in ``created``, the folders
+    that did not exist before) and it holds nothing but :data:`STRAY_FILES`; then its new parents left empty.
+    An existing run's folder is never in ``created``."""
+    if run_dir not in created or not run_dir.is_dir():
+        return
+    if not all(any(p.match(pattern) for pattern in STRAY_FILES) for p in run_dir.rglob("*") if p.is_file()):
+        return
+    shutil.rmtree(run_dir)
+    for parent in created[created.index(run_dir) + 1:]:  # deepest first; stop at one that holds something
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+    log.info("removed %s: the start failed before its first step", run_dir)
 
 
 def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, trainer: L.Trainer, parts: dict,

@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import tiny_overrides
 from lit_snapvideo.cli import main
+from lit_snapvideo.data.video import write_video
 from lit_snapvideo.errors import UserError
 
 LATIN_1 = "caf\xe9 au lait\n".encode("latin-1")  # not UTF-8: 0xe9 starts a sequence that does not continue
@@ -65,8 +67,16 @@ CONFIG = [
 @pytest.mark.parametrize("name,overrides,fragment", CONFIG, ids=[row[0] for row in CONFIG])
 def test_bad_config(shapes_root, tmp_path, experiment, a_file, capsys, name, overrides, fragment):
     base = tiny_overrides(shapes_root, tmp_path / "runs")
-    line = _fails(["config", str(experiment), *base, *(o.format(file=a_file) for o in overrides)], capsys, fragment)
-    assert str(experiment) in line
+    overrides = [o.format(file=a_file) for o in overrides]
+    line = _fails(["config", str(experiment), *base, *overrides], capsys, fragment)
+    assert line.split(": error: ")[1].startswith("command line override") and overrides[-1] in line, line
+
+
+def test_bad_config_in_the_file_names_the_file(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: {preset: fit_huge}\n")
+    line = _fails(["config", str(path), "trainer.max_steps=3"], capsys, "bad value for 'model.preset'")
+    assert line.split(": error: ")[1].startswith(f"{path}: "), line
 
 
 def test_fit_refuses_a_clip_the_backbone_cannot_take_before_writing(shapes_root, tmp_path, experiment, capsys):
@@ -126,10 +136,47 @@ def test_bad_data(shapes_root, tmp_path, experiment, capsys, name, make, fragmen
                 "--no-progress"]
     else:
         argv = ["data", "check", str(data)]
-    if command == "data check" and name == "all_bad_root":  # data check lists the files; it does not fail
-        assert main(argv) == 0 and "3 file(s) would be skipped" in capsys.readouterr().out
-        return
+    if command == "data check" and name == "all_bad_root":  # data check lists the files, then fails
+        fragment = "{data}: none of its 3 file(s) can be used at 16 frames (e.g. {data}/"
     _fails(argv, capsys, fragment.format(data=data))
+    assert not (tmp_path / "runs" / "tiny").exists()  # a failed start leaves no run folder
+
+
+def test_a_failed_start_keeps_an_existing_run(tiny_checkpoint, tmp_path, experiment, capsys):
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    shutil.copytree(tiny_checkpoint.parent.parent, run_dir)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    overrides = tiny_overrides(_all_bad(tmp_path / "bad"), tmp_path / "runs", **{
+        "data.size": "[16,32]", "data.pad_to": "[16,32]", "trainer.max_steps": 4})
+    _fails(["fit", str(experiment), *overrides, "--no-progress"], capsys, "files of this data set are unreadable")
+    assert set(before) <= {p.relative_to(run_dir) for p in run_dir.rglob("*")}  # resumed, failed, nothing removed
+
+
+def _clip(path: Path, frames: int) -> Path:
+    rng = np.random.default_rng(frames)
+    write_video(path, rng.integers(0, 255, (frames, 32, 48, 3), dtype=np.uint8), fps=8)
+    return path
+
+
+def test_data_check_counts_clips_too_short_for_the_frame_count(tmp_path, capsys, caplog):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    _clip(folder / "long.mp4", 20)
+    _clip(folder / "short.mp4", 10)
+    assert main(["data", "check", str(folder)]) == 0  # the default data.frames, 16
+    assert "1 file(s) would be skipped (checked at 16 frames of 36x64)" in capsys.readouterr().out
+    assert "short.mp4: only 10 frame(s), need at least 16 (data.frames)" in caplog.text
+    assert main(["data", "check", str(folder), "--frames", "8"]) == 0
+    assert "0 file(s) would be skipped (checked at 8 frames" in capsys.readouterr().out
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(f"data: {{root: {folder}, frames: 12, size: [16, 32], pad_to: [16, 32]}}\n"
+                          "model: {preset: unet_tiny}\n")
+    assert main(["data", "check", "--config", str(experiment)]) == 0  # root and frame count from the experiment
+    assert "1 file(s) would be skipped (checked at 12 frames of 16x32)" in capsys.readouterr().out
+    _fails(["data", "check", str(folder), "--frames", "24"], capsys,
+           f"{folder}: none of its 2 file(s) can be used at 24 frames (e.g. {folder}/")
+    _fails(["data", "check", str(folder), "--frames", "0"], capsys, "--frames 0: expected an integer >= 1")
+    _fails(["data", "check"], capsys, "give a data ROOT or --config")
 
 
 def test_all_bad_data_in_a_worker_process_is_one_line(tmp_path, experiment, capsys):

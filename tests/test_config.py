@@ -1,5 +1,6 @@
 """Config loading: base chains, overrides, and one clear error line per bad config."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -49,9 +50,12 @@ BAD = [
     ("optim: {name: sgd}", [], r"'optim\.name': 'sgd' \(expected auto, adam, adamw or lamb\)"),
     ("data: {size: [36, 64], pad_to: [32, 64]}", [], r"'data\.pad_to'"),
     ("moddel: {preset: x}", [], r"unknown key 'moddel'.*valid keys here: data, diffusion"),
-    ("", ["trainer.max_steps=0"], r"command line.*'trainer\.max_steps'|'trainer\.max_steps': 0"),
-    ("", ["trainer.bogus=1"], r"command line: unknown key 'trainer\.bogus'"),
-    ("", ["max_steps"], r"not of the form key\.path=value"),
+    ("{}", ["trainer.max_steps=0"], r"^command line override trainer\.max_steps=0: bad value for 'trainer\.max_steps': 0 "),
+    ("{}", ["trainer.max_steps=abc"], r"^command line override trainer\.max_steps=abc: bad value for 'trainer\.max_steps'"),
+    ("{}", ["trainer.bogus=1"], r"^command line override trainer\.bogus=1: unknown key 'trainer\.bogus'"),
+    ("{}", ["max_steps"], r"not of the form key\.path=value"),
+    ("", [], r"the file is empty"),
+    ("# only a comment\n", [], r"the file is empty"),
     ("[1, 2]", [], r"expected a mapping"),
     ("trainer: {max_steps: 5\n", [], r"not valid YAML"),
 ]
@@ -67,6 +71,28 @@ def test_bad_config_is_one_clear_line(tmp_path, text, overrides, pattern):
     assert "\n" not in message
     if not overrides:
         assert str(path) in message  # names the file
+
+
+def test_override_errors_name_the_override_and_file_errors_the_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("trainer: {max_steps: 0}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: bad value for 'trainer\.max_steps': 0"):
+        load_config(path, ["trainer.seed=1"])  # an override of another key takes no blame
+    with pytest.raises(ConfigError, match=r"^command line override trainer\.max_steps=-1: "):
+        load_config(path, ["trainer.max_steps=5", "trainer.max_steps=-1"])  # the last one set the value
+    assert load_config(path, ["trainer.max_steps=3"]).trainer.max_steps == 3
+    path.write_text("model: {preset: fit_tiny}\n")  # the preset from the file, the frame count from the command line
+    with pytest.raises(ConfigError, match=r"^command line override data\.frames=4: the clip data\.frames x data"):
+        load_config(path, ["trainer.seed=1", "data.frames=4"])
+
+
+def test_an_empty_base_is_named_too(tmp_path):
+    (tmp_path / "base.yaml").write_text("")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path / 'base.yaml'))}: the file is empty"):
+        load_config(tmp_path / "child.yaml")
+    (tmp_path / "all_defaults.yaml").write_text("{}\n")
+    assert load_config(tmp_path / "all_defaults.yaml").trainer.max_steps == 1000
 
 
 def test_missing_file_and_base_loop(tmp_path):

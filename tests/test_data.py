@@ -298,6 +298,23 @@ def test_folder_with_captions_csv_and_holdout(tmp_path):
     assert not {r.path for r in dm.train_set.records} & {r.path for r in dm.val_set.records}
 
 
+def test_captions_csv_rows_for_missing_files_are_one_warning_and_counted(tmp_path, caplog):
+    clip = _index_clip(tmp_path / "a.mp4", n=20, fps=10)
+    missing = ["gone1.mp4", "gone2.mp4", "sub/gone3.mp4", "gone4.mp4"]
+    (tmp_path / "notes.txt").write_text("not a clip\n")
+    rows = ["a.mp4"] + missing + ["notes.txt"]
+    (tmp_path / "captions.csv").write_text("path,caption\n" + "".join(f"{n},caption {n}\n" for n in rows))
+    dm = EDMDataModule(_config(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert {r.path for r in dm.train_set.records + dm.val_set.records} == {str(clip.resolve())}
+    lines = [r.getMessage() for r in caplog.records if "captions.csv" in r.getMessage()]
+    assert lines == [f"{tmp_path / 'captions.csv'}: 5 row(s) name no video or image file under {tmp_path}, skipped: "
+                     "gone1.mp4, gone2.mp4, sub/gone3.mp4, ..."]
+    assert dm.skipped_files() == 5
+    assert not [r for r in caplog.records if "skipping bad file" in r.getMessage()]  # one line, not one per row
+
+
 def test_prepare_data_generates_the_default_set_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ["data.n_train=3", "data.n_val=1", "data.num_workers=0"])

@@ -1,13 +1,17 @@
 """`evaluate` on a real tiny checkpoint: probe metrics offline, FVD with a tiny saved TorchScript detector."""
 
 import json
+import logging
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lit_snapvideo.cli import main
-from lit_snapvideo.metrics.evaluate import DENOISE_SIGMAS, denoising_check, evaluate_checkpoint
+from lit_snapvideo.data.video import write_video
+from lit_snapvideo.metrics.evaluate import DENOISE_SIGMAS, denoising_check, evaluate_checkpoint, validation_prompts
 
 
 class TinyI3D(nn.Module):
@@ -94,3 +98,103 @@ def test_evaluate_cli_errors(tiny_checkpoint, tmp_path, capsys):
     assert "file not found" in capsys.readouterr().err
     assert main(["evaluate", str(tiny_checkpoint), "--clip-model", "ViT-B-32"]) == 2
     assert "--clip-checkpoint" in capsys.readouterr().err
+
+
+# ---- evaluate on a user's own data: FVD, FID and CLIPSIM with the user's detector files; no probe ------------------
+
+USER_CAPTIONS = ["a dog runs on the beach", "waves roll in at sunset", "a cat jumps onto a table",
+                 "rain on a window at night", "a train passes a station", "leaves fall in a park"]
+
+
+class TinyInception(nn.Module):
+    """stylegan2-ada's Inception call signature: uint8 (N, 3, H, W), return_features -> (N, D)."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        y = F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", align_corners=False)
+        return F.adaptive_avg_pool2d(y, 2).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    """A user's own folder: real mp4 clips with plain captions (a manifest with a split column: 2 validation clips)."""
+    root = tmp_path_factory.mktemp("my_videos")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, caption in enumerate(USER_CAPTIONS):
+        still = rng.integers(0, 200, (1, 32, 48, 3))
+        frames = (still + 4 * np.arange(12)[:, None, None, None]).astype(np.uint8)  # 12 frames that brighten
+        write_video(root / f"clip{i}.mp4", frames, fps=8)
+        rows.append(f"clip{i}.mp4,{caption},,{'val' if i >= 4 else 'train'}\n")
+    (root / "manifest.csv").write_text("path,caption,fps,split\n" + "".join(rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def user_checkpoint(tiny_checkpoint, user_data, tmp_path_factory):
+    """The tiny run's checkpoint with its config pointing at the user's data (same clip shape)."""
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["cfg"]["data"]["root"] = str(user_data)
+    path = tmp_path_factory.mktemp("user_run") / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    """Tiny stand-ins for the user's detector files: I3D and Inception TorchScript, an open_clip config + weights."""
+    import open_clip
+
+    root = tmp_path_factory.mktemp("user_detectors")
+    torch.jit.script(TinyI3D()).save(str(root / "i3d.pt"))
+    torch.jit.script(TinyInception()).save(str(root / "inception.pt"))
+    tiny_clip = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                                 "head_width": 16},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (root / "tiny-clip-eval-test.json").write_text(json.dumps(tiny_clip))
+    open_clip.add_model_config(root / "tiny-clip-eval-test.json")  # registers the name "tiny-clip-eval-test"
+    torch.save(open_clip.model.CLIP(**tiny_clip).state_dict(), root / "clip.pt")
+    return {"fvd": root / "i3d.pt", "fid": root / "inception.pt", "clip": root / "clip.pt"}
+
+
+def test_validation_prompts_are_the_validation_captions_on_user_data(user_data, shapes_root):
+    assert validation_prompts(str(user_data), None, 3) == [USER_CAPTIONS[4], USER_CAPTIONS[5], USER_CAPTIONS[4]]
+    shapes = validation_prompts(str(shapes_root), None, 2)  # the embedded set: one-object video captions
+    assert all(" moving " in p and " and a " not in p for p in shapes)
+
+
+def test_evaluate_on_user_data_scores_fvd_fid_clipsim_and_skips_the_probe(user_checkpoint, detectors, tmp_path,
+                                                                         capsys, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the FVD statistics cache (.cache/fvd) lands here
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", str(user_checkpoint), "--num-videos", "2", "--steps", "2", "--batch-size", "2",
+            "--fvd-detector", str(detectors["fvd"]), "--fid-detector", str(detectors["fid"]),
+            "--clip-model", "tiny-clip-eval-test", "--clip-checkpoint", str(detectors["clip"]), "--out", str(out)]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0, capsys.readouterr().err
+    saved = json.loads(out.read_text())
+    assert saved["fvd2_8f"] >= 0 and saved["fid"] >= 0 and -1 <= saved["clipsim"] <= 1
+    assert "denoise/zero_mse" in saved and not [k for k in saved if k.startswith("probe/")]
+    skipped = [r.getMessage() for r in caplog.records if "probe metrics skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "is not the moving-shapes set" in skipped[0], skipped
+
+
+def test_fvd_real_statistics_are_cached_per_clip_shape_and_frame_rate(user_checkpoint, detectors, tmp_path):
+    from lit_snapvideo.module import load_module
+
+    module = load_module(str(user_checkpoint))
+    cache = tmp_path / "fvd"
+
+    def evaluate() -> set:
+        evaluate_checkpoint(str(user_checkpoint), num_videos=2, steps=2, batch_size=2, fvd_detector=str(detectors["fvd"]),
+                            fvd_cache=str(cache), out=str(tmp_path / "metrics.json"), progress=False, module=module)
+        return {p.name for p in cache.glob("*.pt")}
+
+    first = evaluate()
+    assert len(first) == 1 and "-8x16x32-8fps-" in next(iter(first))
+    assert evaluate() == first  # the same data, shape and rate: read from the cache
+    module.cfg.data.val_fps = 6.0
+    assert len(evaluate() - first) == 1  # another frame rate: new statistics
+    module.cfg.data.size = [12, 32]
+    assert len(evaluate()) == 3  # another clip size too
+

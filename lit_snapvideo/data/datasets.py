@@ -148,13 +148,30 @@ def scan_folder(root: str | Path, skip_log: Optional[SkipLog] = None) -> list[Re
     """Every video / image under ``root`` (recursive, sorted) with its caption: from
     ``root/captions.csv`` (columns path, caption; path relative to root) when present, else
     from a sidecar ``<file stem>.txt``. A file with neither is captioned with its name (warned once).
-    A file whose sidecar is not UTF-8 text is skipped (a warning, counted in ``skip_log``)."""
+    A file whose sidecar is not UTF-8 text is skipped (a warning, counted in ``skip_log``), and so are the
+    ``captions.csv`` rows that name no video or image under ``root`` (one warning for all of them)."""
     root = Path(root)
+
+    def skip(err: BadFileError, warn: bool = True) -> None:
+        if skip_log is not None:
+            skip_log.add(err, warn)
+        elif warn:
+            log.warning("skipping bad file %s", err)
+
     files = sorted(p for p in root.rglob("*") if p.is_file() and (is_video_file(p) or is_image_file(p)))
     table: dict[str, str] = {}
     captions_csv = root / "captions.csv"
     if captions_csv.is_file():
         table = {str((root / r.path).resolve()): r.caption for r in load_manifest(captions_csv)}
+        found = {str(file.resolve()) for file in files}
+        absent = [path for path in table if path not in found]
+        for path in absent:
+            reason = "not a video or image under the data root" if Path(path).exists() else "file not found"
+            skip(BadFileError(path, f"listed in {captions_csv.name}, but {reason}"), warn=False)
+        if absent:
+            names = ", ".join(os.path.relpath(path, root) for path in absent[:3]) + (", ..." if len(absent) > 3 else "")
+            log.warning("%s: %d row(s) name no video or image file under %s, skipped: %s", captions_csv, len(absent),
+                        root, names)
     records, unnamed = [], 0
     for file in files:
         caption = table.get(str(file.resolve()))
@@ -163,11 +180,7 @@ def scan_folder(root: str | Path, skip_log: Optional[SkipLog] = None) -> list[Re
             try:
                 caption = sidecar.read_text(encoding="utf-8").strip()
             except UnicodeDecodeError as err:
-                bad = BadFileError(file, f"its caption {sidecar.name} is not UTF-8 text (byte {err.start})")
-                if skip_log is not None:
-                    skip_log.add(bad)
-                else:
-                    log.warning("skipping bad file %s", bad)
+                skip(BadFileError(file, f"its caption {sidecar.name} is not UTF-8 text (byte {err.start})"))
                 continue
         if caption is None:
             caption, unnamed = re.sub(r"[_\-]+", " ", file.stem), unnamed + 1
@@ -239,14 +252,16 @@ class SkipLog:
         if folder is None:
             atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
 
-    def add(self, err: BadFileError) -> None:
+    def add(self, err: BadFileError, warn: bool = True) -> None:
+        """Count ``err``'s file once; ``warn``: its own warning line (off when the caller warns for many at once)."""
         marker = self.folder / (hashlib.sha1(err.path.encode()).hexdigest() + ".txt")
         try:
             with marker.open("x") as f:
                 f.write(f"{err.path}\t{err.reason}\n")
         except FileExistsError:
             return
-        log.warning("skipping bad file %s", err)
+        if warn:
+            log.warning("skipping bad file %s", err)
 
     def count(self) -> int:
         return sum(1 for _ in self.folder.glob("*.txt"))
@@ -456,6 +471,15 @@ def parse_caption(caption: str) -> dict:
     if not objects or background is None:
         raise ValueError(f"not a moving-shapes caption: {caption!r}")
     return {**objects[0], "background": background[1], "objects": objects}
+
+
+def is_shapes_caption(caption: str) -> bool:
+    """Whether ``caption`` is in the moving-shapes grammar (:func:`parse_caption` reads it)."""
+    try:
+        parse_caption(caption)
+    except ValueError:
+        return False
+    return True
 
 
 def _even(v: float) -> int:

@@ -18,18 +18,24 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ..data.datasets import load_records
+from ..data.datasets import is_shapes_caption, load_records
 from ..data.video import crop_padding
 
 log = logging.getLogger(__name__)
 
 
 def validation_prompts(root: str, manifest: Optional[str], n: int) -> list[str]:
-    """The first ``n`` one-object video captions of the validation split (ground truth for the probe)."""
-    _, val = load_records(root, manifest)
-    captions = [r.caption for r in val if not r.is_image and " and a " not in r.caption]
-    if not captions:
-        raise ValueError(f"{root}: no one-object validation video captions to evaluate with")
+    """``n`` validation captions, repeated as needed. For the moving-shapes set, its one-object video captions
+    (ground truth for the probe); for any other data set, its video captions (the stills' if it has no video)."""
+    train, val = load_records(root, manifest)
+    if all(is_shapes_caption(r.caption) for r in train + val):
+        captions = [r.caption for r in val if not r.is_image and " and a " not in r.caption]
+        if not captions:
+            raise ValueError(f"{root}: no one-object validation video captions to evaluate with")
+    else:
+        captions = [r.caption for r in val if not r.is_image] or [r.caption for r in val]
+        if not captions:
+            raise ValueError(f"{root}: no validation records to take prompts from")
     return (captions * (n // len(captions) + 1))[:n]
 
 
@@ -151,12 +157,16 @@ def evaluate_checkpoint(
     clip_model: Optional[str] = None,
     clip_checkpoint: Optional[str] = None,
     probe_cache: str = ".cache/probe",
+    fvd_cache: str = ".cache/fvd",
     out: Optional[str] = None,
     progress: bool = True,
     probe_kwargs: Optional[dict] = None,
     module: Any = None,
 ) -> dict:
-    """Score ``checkpoint``; writes ``metrics.json`` beside the run's summary (or to ``out``) and returns it."""
+    """Score ``checkpoint``; writes ``metrics.json`` beside the run's summary (or to ``out``) and returns it.
+
+    The probe metrics need the moving-shapes set; on other data they are skipped with one warning, and FVD, FID
+    and CLIPSIM (with their detector files) and the denoising check score the run."""
     from tqdm import tqdm
 
     from ..module import load_module
@@ -170,15 +180,21 @@ def evaluate_checkpoint(
     metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "num_videos": len(prompts), "seeds": list(seeds),
                                "steps": steps, "cfg_scale": cfg_scale,
                                "sigma_max": float(cfg.diffusion.sigma_max)}
-    probe = probe_for(cfg, probe_cache, **(probe_kwargs or {}))
-    metrics["probe/val_accuracy"] = probe.meta.get("val_accuracy")
     metrics.update(denoising_check(module))
-    per_seed = [probe_metrics(probe, videos, prompts) for videos in sets]
-    for key in per_seed[0]:
-        values = torch.tensor([m[key] for m in per_seed], dtype=torch.float64)
-        metrics[key] = float(values.mean())
-        if len(per_seed) > 1:
-            metrics[f"{key}_std"] = float(values.std())
+    train, val = load_records(cfg.data.root, cfg.data.manifest)
+    foreign = next((r.caption for r in train + val if not is_shapes_caption(r.caption)), None)
+    if foreign is None:
+        probe = probe_for(cfg, probe_cache, **(probe_kwargs or {}))
+        metrics["probe/val_accuracy"] = probe.meta.get("val_accuracy")
+        per_seed = [probe_metrics(probe, videos, prompts) for videos in sets]
+        for key in per_seed[0]:
+            values = torch.tensor([m[key] for m in per_seed], dtype=torch.float64)
+            metrics[key] = float(values.mean())
+            if len(per_seed) > 1:
+                metrics[f"{key}_std"] = float(values.std())
+    else:  # the probe learns from the moving-shapes captions; other data has no such labels
+        log.warning("evaluate: probe metrics skipped: %s is not the moving-shapes set (caption %r); FVD, FID and "
+                    "CLIPSIM score it with detector files", cfg.data.root, foreign)
     if fvd_detector or fid_detector:
         from ..data.datamodule import EDMDataModule
 
@@ -186,12 +202,13 @@ def evaluate_checkpoint(
         dm.setup("validate")
         real = torch.cat([crop_padding(b["video"], tuple(cfg.data.size)) for b in dm.val_dataloader()])
     if fvd_detector:
-        from .fvd import FVD
+        from .fvd import FVD, real_stats_key
         from .probe import data_fingerprint
 
-        fvd = FVD(fvd_detector, num_videos=min(len(prompts), len(real)), frames=cfg.data.frames)
-        real_stats = fvd.real_stats(real, key=f"{data_fingerprint(cfg.data.root)}-val-{len(real)}")
-        metrics.update(fvd.score(sets, real_stats))
+        fvd = FVD(fvd_detector, cache_dir=fvd_cache, num_videos=min(len(prompts), len(real)), frames=cfg.data.frames)
+        key = real_stats_key(data_fingerprint(cfg.data.root, cfg.data.manifest), "val", len(real), cfg.data.frames,
+                             cfg.data.size, cfg.data.val_fps)
+        metrics.update(fvd.score(sets, fvd.real_stats(real, key=key)))
     if fid_detector:
         from .fid import FID
 

@@ -73,6 +73,12 @@ def iter_video_batches(source: VideoSource, batch_size: int) -> Iterable[torch.T
         yield batch["video"] if isinstance(batch, dict) else batch
 
 
+def real_stats_key(data_id: str, split: str, num_videos: int, frames: int, size: Sequence[int], fps: float) -> str:
+    """The cache identity of real clips: the data set, split and count, and the shape and frame rate they were
+    decoded at, so statistics of another clip shape or rate are never reused."""
+    return f"{data_id}-{split}{num_videos}-{frames}x{size[0]}x{size[1]}-{fps:g}fps"
+
+
 class FVD:
     """FVD with stylegan-v's protocol and a user-supplied TorchScript I3D.
 

@@ -370,8 +370,11 @@ def build_bench_module(preset: str, frames: int, size: tuple[int, int], device: 
     from .module import module_for
 
     tokens, dim = text_shape(preset)
+    # the backbone's overrides go into the config too: its validation builds the backbone at this clip
+    model_overrides = [f"model.overrides.{k}=[{','.join(map(str, v))}]" if isinstance(v, (tuple, list))
+                       else f"model.overrides.{k}={v}" for k, v in (overrides or {}).items()]
     cfg = load_config(None, [f"model.preset={preset}", f"data.frames={frames}", f"data.size=[{size[0]},{size[1]}]",
-                             f"data.pad_to=[{size[0]},{size[1]}]", f"text.max_length={tokens}"])
+                             f"data.pad_to=[{size[0]},{size[1]}]", f"text.max_length={tokens}", *model_overrides])
     backbone = build_backbone(preset, dim, overrides, grad_checkpointing=grad_checkpointing, device=device)
     module = module_for(cfg)(cfg, backbone=nn.Identity(), text_encoder=FixedTextEmbeddings(tokens, dim))
     module.backbone = backbone

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .bench import (PHASES, THROUGHPUT_COLUMNS, BenchSettings, measure_all, plan_preset, reference_peak, speedups,
-                    write_csv)
+from .bench import (PHASES, THROUGHPUT_COLUMNS, BenchSettings, hardware_info, measure_all, plan_preset,
+                    reference_peak, speedups, write_csv)
 from .report import fmt
 
 STAGES = ("throughput", "presets", "ablation", "compile")
@@ -106,6 +106,7 @@ class Check:
         self.stages: list[dict] = []
         self.rows: list[dict] = []
         self.peak: Optional[dict] = None
+        self.info: dict = {}
         self._print = log
         (self.out / "gpu_check.log").write_text("")
 
@@ -134,8 +135,12 @@ class Check:
         """Plan (memory guard) and measure ``presets`` at ``batch``, leaving ``reserve_s`` of the budget."""
         settings = self.bench_settings(presets, batch, compile, reserve_s, available_gib)
         if self.peak is None:
-            self.peak = reference_peak(settings)
-            self.log(f"MFU reference: {self.peak['label']}")
+            self.info, self.peak = hardware_info(settings), reference_peak(settings)
+            self.log(f"{self.info['hardware']}, torch {self.info['torch']}; MFU reference: {self.peak['label']}")
+            if settings.resolved_device() == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()  # the probe's matrices would count against the memory guard's free memory
         plans = [plan_preset(p, settings) for p in presets]
         disabled = compile and self.s.dry_run  # inductor's C++ build takes minutes on a CPU: the dry run runs eagerly
         if disabled:
@@ -155,7 +160,7 @@ class Check:
 
     def write_throughput(self) -> None:
         write_csv(self.rows, CHECK_COLUMNS, self.out / "throughput_b8_b64.csv")
-        (self.out / "throughput_b8_b64.md").write_text(throughput_markdown(self.rows, self.s, self.peak))
+        (self.out / "throughput_b8_b64.md").write_text(throughput_markdown(self.rows, self.s, self.peak, self.info))
 
     # ---- ablation --------------------------------------------------------------------------------------
 
@@ -218,7 +223,7 @@ class Check:
             self.log(f"ablation {kind}: {summary['steps']} steps in {summary['wall_time_s']:.0f} s "
                      f"(max_time {cfg.trainer.max_time}), val loss {summary['final_val_loss']}")
             module = load_module(str(run_dir / "checkpoints" / "last.ckpt")).to(device)
-            prompts = validation_prompts(cfg.data.root, cfg.data.manifest, 8)
+            prompts = validation_prompts(cfg.data.root, cfg.data.manifest, min(8, s.eval_videos))
             videos = generate_videos(module, prompts, s.eval_steps, 2.0, seed=0, batch_size=8)
             (self.out / f"ablation_{kind}_samples.gif").write_bytes(gif_bytes(video_grid_frames(videos)))
             metrics = evaluate_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), s.eval_videos, s.eval_steps,
@@ -272,12 +277,14 @@ class Check:
         (self.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
-def throughput_markdown(rows: list[dict], s: CheckSettings, peak: Optional[dict]) -> str:
+def throughput_markdown(rows: list[dict], s: CheckSettings, peak: Optional[dict], info: Optional[dict] = None) -> str:
     """Rows by (preset, batch, compile) and the FIT/U-Net ratios at each batch beside the paper's."""
     dry = " (dry run: tiny presets on the CPU, not a measurement)" if s.dry_run else ""
     lines = [f"# Throughput at batch {' and '.join(str(b) for b in s.batches)}{dry}", ""]
     if s.dry_run or not rows:
         lines += [NOT_MEASURED, ""]
+    if info:
+        lines.append(f"- Hardware: {info['hardware']}; torch {info['torch']} ({info['threads']}), Python {info['python']}")
     lines += [f"- Clip {s.frames}x{s.size[0]}x{s.size[1]}, {s.precision}; sample phase: "
               + ", ".join(f"batch {b}: {n} Heun steps with CFG" for b, n in s.sample_steps.items())
               + "; ms per video, median [IQR] of 5 repeats after 1 warm-up call (lit_snapvideo/bench.py).",

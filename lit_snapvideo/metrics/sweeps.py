@@ -24,7 +24,8 @@ STEP_COUNTS = (16, 32, 64, 128, 256, 512, 1024)  # Fig. 6
 CPU_MAX_STEPS = 256  # Fig. 6 on a CPU stops here: 512 and 1024 Heun steps take hours per point
 SWEEPS = {
     "cfg": {"values": CFG_WEIGHTS, "xlabel": "classifier-free guidance weight w",
-            "paper": "paper Fig. 5 (40 Heun steps): FVD falls and CLIPSIM rises with w; high w over-saturates colours"},
+            "paper": "paper Fig. 5 (40 steps): guidance improves FVD and CLIPSIM, high w over-saturates colours; "
+                     "ours: D_u + w (D_c - D_u), w = 1 is no guidance (the paper's convention is unknown)"},
     "steps": {"values": STEP_COUNTS, "xlabel": "sampling steps (Heun)",
               "paper": "paper Fig. 6: good at 64 steps, FVD improves up to 256"},
 }

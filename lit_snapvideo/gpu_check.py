@@ -210,12 +210,13 @@ class Check:
         probe = probe_for(configs["fit"], probe_cache, **probe_kwargs)
         self.log(f"ablation: probe ready in {time.perf_counter() - started:.0f} s "
                  f"(validation accuracy {probe.meta.get('val_accuracy', {}).get('all', float('nan')):.2f})")
-        run_dirs = []
+        run_dirs, stopped = [], ""
         for i, (kind, cfg) in enumerate(configs.items()):
             # each run gets the same wall clock; what is left after training goes to sampling and scoring
             seconds = min(s.ablation_seconds, (self.left() - reserve_s - 30 * (2 - i)) / (2 - i) - 20)
             if seconds < 5:
-                return f"stopped before {kind}: {self.left():.0f} s of the budget left"
+                stopped = f"partial: stopped before {kind}, {max(self.left(), 0):.0f} s of the budget left"
+                break
             cfg.trainer.max_time = max_time(seconds)
             shutil.rmtree(runs_root / cfg.logging.experiment, ignore_errors=True)  # a fresh run, never a resume
             run_dir = fit(cfg, resume=False, enable_progress_bar=False)
@@ -235,6 +236,8 @@ class Check:
             del module
             if device == "cuda":
                 torch.cuda.empty_cache()  # the compile stage's measuring processes need the memory
+        if not run_dirs:
+            return stopped
         text = compare_runs(run_dirs, self.out / "ablation.md")
         runs = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
         where = "; ".join(f"{r['experiment']}: {r['device']}, precision {r['precision']}, max_time {r['max_time']}"
@@ -242,12 +245,12 @@ class Check:
         head, rest = text.split("\n", 1)
         (self.out / "ablation.md").write_text(f"{head}\n\ngpu-check runs ({where}); samples: "
                                               f"ablation_{{fit,unet}}_samples.gif.\n{rest}")
-        return f"{len(run_dirs)} runs"
+        return stopped or f"{len(run_dirs)} runs"
 
     # ---- the record --------------------------------------------------------------------------------------
 
     def run_stage(self, name: str, min_s: float, work: Callable[[], str]) -> None:
-        """Run ``work`` if ``min_s`` seconds are left; record done / skipped / failed with its seconds."""
+        """Run ``work`` if ``min_s`` seconds are left; record done / partial / skipped / failed with its seconds."""
         started = time.time()
         record = {"stage": name, "status": "skipped", "seconds": 0.0, "notes": ""}
         if self.left() < min_s:
@@ -255,7 +258,8 @@ class Check:
         else:
             self.log(f"stage {name}: {self.left():.0f} s of the budget left")
             try:
-                record.update(status="done", notes=work() or "")
+                notes = work() or ""
+                record.update(status="partial" if notes.startswith("partial") else "done", notes=notes)
             except Exception as err:  # a failed stage must not lose the others' results
                 record.update(status="failed", notes=f"{type(err).__name__}: {err}")
         record["seconds"] = round(time.time() - started, 1)

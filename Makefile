@@ -98,3 +98,19 @@ probe-sigma: $(SIMPLE)  # the probe at Table 3's clip (16x36x64; the ablation's 
 runs/sigma_%/version_0/metrics.json: | probe-sigma  # one row of Table 3: train (a rerun resumes), then score
 	$(CLI) fit experiments/sigma/$*.yaml $(ARGS)
 	$(CLI) evaluate runs/sigma_$*/version_0/checkpoints/last.ckpt $(EVAL_ARGS)
+
+# ---- one-call GPU check (issue 20): throughput at batch 8 and 64, eager and compiled, the four paper presets at
+# batch 64, both ablation recipes for a fixed wall clock each -> results/gpu/ (ARGS=--dry-run: tiny, on the CPU)
+.PHONY: gpu-check
+GPU_CHECK_BUDGET ?= 540
+gpu-check: $(STAMP) ## GPU: every issue-20 measurement in one call within GPU_CHECK_BUDGET s -> results/gpu/ (ARGS=--dry-run: CPU, ~1 min)
+	$(CLI) gpu-check --budget $(GPU_CHECK_BUDGET) $(ARGS)
+
+# ---- the paper's sampling figures from checkpoints (issue 20): Fig. 5 (CFG weight) and Fig. 6 (sampling steps)
+.PHONY: sweep-cfg sweep-steps
+CKPT ?= runs/fit/version_0/checkpoints/last.ckpt runs/unet/version_0/checkpoints/last.ckpt
+sweep-cfg: $(STAMP) ## Fig. 5: probe-FVD and prompt accuracy against the CFG weight (0-16) -> results/sweep_cfg.{csv,png} (CKPT=..., ARGS="--fvd-detector i3d.pt --num-videos 32")
+	$(CLI) sweep cfg $(CKPT) $(ARGS)
+
+sweep-steps: $(STAMP) ## Fig. 6: the same against the sampling steps (16-1024; 256 at most on a CPU) -> results/sweep_steps.{csv,png}
+	$(CLI) sweep steps $(CKPT) $(ARGS)

@@ -448,13 +448,16 @@ def measure_job(job: dict) -> dict:
             module.backbone.eval()
         budget = None if job.get("deadline") is None else job["deadline"] - time.time()
         memory.reset()
+        started = time.perf_counter()
         try:
             seconds = time_repeats(device=device, warmup=max(1, job["warmup"]), repeats=job["repeats"],
                                    budget_s=budget, **timed[phase])
         except OverTimeBudget as err:
             results["skipped"].append(f"{phase} skipped: {err}")
             continue
-        results[phase] = {"seconds": seconds, "peak_gib": memory.read_gib()}
+        # the untimed warm-up: with --compile it holds the compilation of this phase's graphs
+        warmup_s = time.perf_counter() - started - sum(seconds)
+        results[phase] = {"seconds": seconds, "peak_gib": memory.read_gib(), "warmup_s": warmup_s}
     return results
 
 
@@ -466,8 +469,13 @@ def run_job(job: dict, isolate: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         job_file, result_file = Path(folder) / "job.json", Path(folder) / "result.json"
         job_file.write_text(json.dumps(job))
-        done = subprocess.run([sys.executable, "-m", "lit_snapvideo.bench", str(job_file), str(result_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # past the deadline (plus a grace for writing the result) the child is killed: a compile can outlast it
+        timeout = None if job.get("deadline") is None else max(1.0, job["deadline"] - time.time() + 15)
+        try:
+            done = subprocess.run([sys.executable, "-m", "lit_snapvideo.bench", str(job_file), str(result_file)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"the measuring process was stopped at the time budget's deadline ({timeout:.0f} s)"}
         if done.returncode == 0 and result_file.is_file():
             return json.loads(result_file.read_text())
     if done.returncode < 0:
@@ -571,6 +579,7 @@ def measure_planned(row: dict, settings: BenchSettings, peak_flops: Optional[flo
             row[f"{phase}_tflops"] = achieved / 1e12
             row[f"{phase}_mfu"] = achieved / peak_flops if peak_flops else None
             row[f"peak_mem_{phase}_gib"] = result[phase]["peak_gib"]
+            row[f"{phase}_warmup_s"] = result[phase].get("warmup_s")
     row["notes"] = "; ".join(notes)
     return row
 

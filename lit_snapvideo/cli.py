@@ -516,9 +516,123 @@ def _run_bench(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}/throughput.csv and {args.out}/throughput.md")
 
 
+# ---- sweep ------------------------------------------------------------------------------------
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from .metrics.sweeps import CFG_WEIGHTS, CPU_MAX_STEPS, STEP_COUNTS
+
+    p = sub.add_parser(
+        "sweep", help="the paper's Fig. 5 (CFG weight) or Fig. 6 (sampling steps) sweep from checkpoints",
+        description="Sample the same validation prompts with the same seed at each point of the sweep and score them: "
+        "the embedded set's probe metrics (probe-FVD, prompt accuracy), FVD and CLIPSIM when their files are given. "
+        f"cfg: weights {', '.join(f'{w:g}' for w in CFG_WEIGHTS)} at --steps Heun steps (Fig. 5). steps: "
+        f"{', '.join(map(str, STEP_COUNTS))} Heun steps at --cfg (Fig. 6; on a CPU capped at {CPU_MAX_STEPS}). "
+        "Writes OUT_DIR/sweep_<kind>.csv (rewritten after each point) and .png, one line per checkpoint.")
+    p.add_argument("kind", choices=("cfg", "steps"), help="cfg: Fig. 5; steps: Fig. 6")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints written by lit-snapvideo fit")
+    p.add_argument("--values", type=float, nargs="+", default=None, help="the sweep's points (default: the paper's)")
+    p.add_argument("--num-videos", type=int, default=16, help="videos per point (default 16)")
+    p.add_argument("--steps", type=int, default=40, help="Heun steps of the cfg sweep (default 40, as Fig. 5)")
+    p.add_argument("--cfg", type=float, default=2.0, help="guidance weight of the steps sweep (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-cap", action="store_true", help=f"run steps above {CPU_MAX_STEPS} on a CPU too (hours)")
+    p.add_argument("--fvd-detector", help="path to a TorchScript I3D (i3d_torchscript.pt)")
+    p.add_argument("--clip-model", help="open_clip model name for CLIPSIM, e.g. ViT-B-32")
+    p.add_argument("--clip-checkpoint", help="path to that open_clip model's weights")
+    p.add_argument("--out-dir", default="results", help="folder of sweep_<kind>.{csv,png} (default results)")
+    _add_trust_flag(p)
+    p.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    import math
+    from pathlib import Path
+
+    from .config import file_in_the_way
+    from .metrics.sweeps import run_sweep
+
+    if args.num_videos < 1 or args.steps < 1 or args.batch_size < 1:
+        raise UserError(f"--num-videos, --steps and --batch-size must be >= 1 "
+                        f"(got {args.num_videos}, {args.steps}, {args.batch_size})")
+    if not math.isfinite(args.cfg):
+        raise UserError(f"--cfg {args.cfg}: expected a finite guidance weight")
+    for v in args.values or ():
+        if args.kind == "cfg" and not (math.isfinite(v) and v >= 0):
+            raise UserError(f"--values {v:g}: a CFG weight must be finite and >= 0")
+        if args.kind == "steps" and not (v >= 1 and v == int(v)):
+            raise UserError(f"--values {v:g}: a step count must be a whole number >= 1")
+    if bool(args.clip_model) != bool(args.clip_checkpoint):
+        raise UserError("CLIPSIM needs both --clip-model and --clip-checkpoint")
+    for flag in ("fvd_detector", "clip_checkpoint"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            raise UserError(f"--{flag.replace('_', '-')} {path}: file not found")
+    blocker = file_in_the_way(args.out_dir)
+    if blocker is not None:
+        raise UserError(f"--out-dir {args.out_dir}: {blocker} is a file, so no folder can be made there")
+    for checkpoint in args.checkpoints:  # every checkpoint readable before the first one is sampled
+        _load_checkpoint(checkpoint, args.trust_checkpoint)
+    try:
+        run_sweep(args.checkpoints, args.kind, args.values, args.num_videos, args.steps, args.cfg, args.seed,
+                  args.batch_size, args.fvd_detector, args.clip_model, args.clip_checkpoint, args.out_dir,
+                  cap=not args.no_cap, trust=args.trust_checkpoint)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print(f"wrote {args.out_dir}/sweep_{args.kind}.csv and {args.out_dir}/sweep_{args.kind}.png")
+
+
+# ---- gpu-check --------------------------------------------------------------------------------
+
+
+def _add_gpu_check(sub: argparse._SubParsersAction) -> None:
+    from .gpu_check import STAGES
+
+    p = sub.add_parser(
+        "gpu-check", help="every GPU measurement in one call under one time budget (issue 20); --dry-run on the CPU",
+        description="On a GPU: unet_284m and fit_500m throughput at 16x40x64, bf16, batch 8 and 64 (eval, sample, "
+        "train), the four paper presets at batch 64 (the memory guard notes what it skipped), both CPU ablation "
+        "recipes trained for a fixed wall clock each with samples, probe metrics and ablation.md, and the pair again "
+        "with torch.compile (compile time apart from the timed steps). The budget is checked as it goes; each stage "
+        "writes its files when it finishes (OUT/gpu_check.md lists them). --dry-run runs every stage at tiny sizes "
+        "on the CPU (about a minute).")
+    p.add_argument("--out", default=None, help="output folder (default results/gpu; --dry-run: a new temp folder)")
+    p.add_argument("--budget", type=float, default=540.0, metavar="S", help="seconds for the whole call (default 540)")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"which stages, in this order (default {','.join(STAGES)})")
+    p.add_argument("--ablation-seconds", type=float, default=90.0, help="training wall clock of each ablation run")
+    p.add_argument("--ablation-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for both ablation runs (repeatable), e.g. data.batch_size=32")
+    p.add_argument("--data-root", default=None, help="the ablation's data set (default: the recipe's data/shapes_simple, "
+                   "made if missing)")
+    p.add_argument("--dry-run", action="store_true", help="tiny presets, clips and data on the CPU: checks every stage")
+    p.set_defaults(run=_run_gpu_check)
+
+
+def _run_gpu_check(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .gpu_check import CheckSettings, run_check
+
+    out = args.out or (tempfile.mkdtemp(prefix="gpu_check_dry_") if args.dry_run else "results/gpu")
+    try:
+        settings = CheckSettings(out=out, budget_s=args.budget, dry_run=args.dry_run,
+                                 stages=tuple(x.strip() for x in args.stages.split(",") if x.strip()),
+                                 ablation_seconds=args.ablation_seconds,
+                                 ablation_overrides=tuple(args.ablation_override), data_root=args.data_root)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    check = run_check(settings)
+    failed = [r["stage"] for r in check.stages if r["status"] == "failed"]
+    print(f"wrote {out}/gpu_check.md" + (f"; failed stage(s): {', '.join(failed)}" if failed else ""))
+    if failed:
+        sys.exit(1)
+
+
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_evaluate, _add_probe, _add_compare, _add_models, _add_bench]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_evaluate, _add_probe, _add_compare, _add_models, _add_bench,
+               _add_sweep, _add_gpu_check]
 
 
 def build_parser() -> argparse.ArgumentParser:

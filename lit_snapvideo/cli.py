@@ -18,12 +18,6 @@ from .errors import UserError, one_line
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub (no network, ~50 s stalls)
 
 
-def _add_trust_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load a checkpoint that needs more than tensors and plain containers (weights_only=False); "
-                   "its pickle can run code, so only for a file from a source you trust")
-
-
 # ---- config -----------------------------------------------------------------------------------
 
 
@@ -188,7 +182,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma-max", type=float, default=None,
                    help="the sampler's starting sigma (default: the run's diffusion.sigma_max)")
     p.add_argument("--out", help="metrics file (default: <run dir>/metrics.json)")
-    _add_trust_flag(p)
     p.set_defaults(run=_run_evaluate)
 
 
@@ -211,7 +204,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
             if not Path(path).is_file():
                 raise UserError(f"--{flag.replace('_', '-')} {path}: file not found")
-    module = _load_checkpoint(args.checkpoint, args.trust_checkpoint)  # clear errors before any work
+    module = _load_checkpoint(args.checkpoint)  # clear errors before any work
     if args.sigma_max is not None:
         if not args.sigma_max > module.cfg.diffusion.sigma_min:
             raise UserError(f"--sigma-max must be > the run's sigma_min {module.cfg.diffusion.sigma_min}, "
@@ -307,7 +300,6 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts per sampler batch")
     p.add_argument("--fps", type=float, default=None, help="frame-rate conditioning (default: the run's val fps)")
     p.add_argument("--raw-weights", action="store_true", help="use the live weights instead of the EMA")
-    _add_trust_flag(p)
     p.set_defaults(run=_run_sample)
 
 
@@ -332,7 +324,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def _load_checkpoint(path: str, trust: bool = False):
+def _load_checkpoint(path: str):
     from pathlib import Path
 
     from .module import load_module
@@ -340,7 +332,7 @@ def _load_checkpoint(path: str, trust: bool = False):
     if not Path(path).is_file():
         raise UserError(f"checkpoint {path}: file not found")
     try:
-        return load_module(path, trust=trust)
+        return load_module(path)
     except ValueError as err:  # CheckpointError: unsafe pickle, foreign or partial weights
         raise UserError(str(err)) from None
     except Exception as err:  # torch.load on a file that is not a checkpoint at all
@@ -381,7 +373,7 @@ def _run_sample(args: argparse.Namespace) -> None:
 
     prompts = _read_prompts(args)
     _check_sample_options(args, prompts)  # before the checkpoint loads: clear errors first
-    module = _load_checkpoint(args.checkpoint, args.trust_checkpoint)
+    module = _load_checkpoint(args.checkpoint)
     out = Path(args.out)
     single = out.suffix == ".mp4"
     folder = out.parent if single else out
@@ -542,7 +534,6 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-model", help="open_clip model name for CLIPSIM, e.g. ViT-B-32")
     p.add_argument("--clip-checkpoint", help="path to that open_clip model's weights")
     p.add_argument("--out-dir", default="results", help="folder of sweep_<kind>.{csv,png} (default results)")
-    _add_trust_flag(p)
     p.set_defaults(run=_run_sweep)
 
 
@@ -573,11 +564,11 @@ def _run_sweep(args: argparse.Namespace) -> None:
     if blocker is not None:
         raise UserError(f"--out-dir {args.out_dir}: {blocker} is a file, so no folder can be made there")
     for checkpoint in args.checkpoints:  # every checkpoint readable before the first one is sampled
-        _load_checkpoint(checkpoint, args.trust_checkpoint)
+        _load_checkpoint(checkpoint)
     try:
         run_sweep(args.checkpoints, args.kind, args.values, args.num_videos, args.steps, args.cfg, args.seed,
                   args.batch_size, args.fvd_detector, args.clip_model, args.clip_checkpoint, args.out_dir,
-                  cap=not args.no_cap, trust=args.trust_checkpoint)
+                  cap=not args.no_cap)
     except ValueError as err:
         raise UserError(str(err)) from None
     print(f"wrote {args.out_dir}/sweep_{args.kind}.csv and {args.out_dir}/sweep_{args.kind}.png")

@@ -410,18 +410,13 @@ def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any], show: 
     return ", ".join(parts) or None
 
 
-def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", trust: bool = False,
-                         mmap: bool = False, hint: str = "pass --trust-checkpoint only for a file from a source "
-                         "you trust") -> Any:
+def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False,
+                         hint: str = "lit-snapvideo loads tensors and plain containers only") -> Any:
     """``torch.load`` of tensors and plain containers only (``weights_only``): a pickle can run code on load.
 
     Everything ``fit`` writes (tensors, dicts, lists, numbers, strings) is on torch's default allow-list, so no
-    extra global is allowed. A file that needs one raises :class:`CheckpointError` naming the file and the global;
-    ``trust`` loads it anyway (``weights_only=False``) with a warning. Unreadable files raise torch's own errors
-    (an UnpicklingError cut to one line)."""
-    if trust:
-        log.warning("%s: loading with weights_only=False (--trust-checkpoint): code in its pickle will run", path)
-        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    extra global is allowed. A file that needs one raises :class:`CheckpointError` naming the file and the global.
+    Unreadable files raise torch's own errors (an UnpicklingError cut to one line)."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:  # the weights-only unpickler stopped; torch's message is many lines
@@ -433,13 +428,13 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
                               f"does not allow (it could run code); {hint}") from None
 
 
-def load_module(checkpoint: str, map_location: str | torch.device = "cpu", trust: bool = False) -> EDMVideoModule:
+def load_module(checkpoint: str, map_location: str | torch.device = "cpu") -> EDMVideoModule:
     """Rebuild the right face from a Lightning checkpoint written by ``lit-snapvideo fit``.
 
-    Loads safely (see :func:`load_checkpoint_file`; ``trust`` lifts that) and strictly: every backbone and EMA
+    Loads safely (see :func:`load_checkpoint_file`) and strictly: every backbone and EMA
     tensor must be in the file with its shape, so a foreign or partial file is an error, never random weights."""
     torch.set_flush_denormal(True)  # denormals made CPU steps ~2x slower (see train.set_cpu_threads)
-    ckpt = load_checkpoint_file(checkpoint, map_location, trust=trust)
+    ckpt = load_checkpoint_file(checkpoint, map_location)
     if not isinstance(ckpt, dict) or "cfg" not in (ckpt.get("hyper_parameters") or {}):
         raise CheckpointError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'cfg' in its hyper_parameters)")
     if not isinstance(ckpt.get("state_dict"), dict):

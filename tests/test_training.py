@@ -113,7 +113,7 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
 
 
 def _final_state(run_dir: Path) -> dict:
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return ckpt
 
 
@@ -185,7 +185,7 @@ def test_checkpoint_loads_back_and_has_clean_keys(shapes_root, tmp_path):
         "trainer.max_steps": 2, "logging.sample_every_n_steps": 0}))
     run_dir = fit(cfg, enable_progress_bar=False)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    keys = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"].keys()
+    keys = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].keys()
     assert not any("_orig_mod" in k or k.startswith("text_encoder.") for k in keys)
     module = load_module(str(ckpt))
     assert isinstance(module, FITModule)
@@ -216,14 +216,14 @@ def test_last_checkpoint_is_the_newest_state(shapes_root, tmp_path):
 
     def record(trainer, pl_module):
         on_validation_end(trainer, pl_module)
-        steps_at_validation.append(torch.load(saved.last_model_path, weights_only=False)["global_step"])
+        steps_at_validation.append(torch.load(saved.last_model_path, weights_only=True)["global_step"])
 
     saved.on_validation_end = record
     trainer.fit(module, datamodule=EDMDataModule(cfg))
     assert steps_at_validation == [2, 4]
     checkpoints = tmp_path / "runs" / "run" / "version_0" / "checkpoints"
-    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 5
-    assert torch.load(checkpoints / "best.ckpt", weights_only=False)["global_step"] == 2
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["global_step"] == 2
 
 
 @pytest.mark.slow
@@ -232,6 +232,6 @@ def test_compiled_backbone_saves_clean_keys(shapes_root, tmp_path):
         "trainer.max_steps": 2, "logging.sample_every_n_steps": 0, "model.compile": True}))
     run_dir = fit(cfg, enable_progress_bar=False)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    keys = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"].keys()
+    keys = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].keys()
     assert keys and not any("_orig_mod" in k for k in keys)
     assert isinstance(load_module(str(ckpt)), UNetModule)

@@ -108,7 +108,7 @@ def run_sweep(checkpoints: Sequence[str], kind: str, values: Optional[Sequence[f
               fvd_detector: Optional[str] = None, clip_model: Optional[str] = None,
               clip_checkpoint: Optional[str] = None, out_dir: str | Path = "results", device: Optional[str] = None,
               cap: bool = True, probe_cache: str = ".cache/probe", probe_kwargs: Optional[dict] = None,
-              trust: bool = False, log: Callable[[str], None] = print) -> list[dict]:
+              log: Callable[[str], None] = print) -> list[dict]:
     """Sweep ``kind`` ("cfg": the guidance weight at ``steps`` Heun steps; "steps": the step count at ``cfg_scale``)
     for each checkpoint; writes OUT_DIR/sweep_<kind>.{csv,png} and returns the rows."""
     from ..module import load_module
@@ -122,7 +122,7 @@ def run_sweep(checkpoints: Sequence[str], kind: str, values: Optional[Sequence[f
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for checkpoint in checkpoints:
-        module = load_module(str(checkpoint), trust=trust).to(device)
+        module = load_module(str(checkpoint)).to(device)
         run = module.cfg.logging.experiment or Path(checkpoint).stem
         prompts = validation_prompts(module.cfg.data.root, module.cfg.data.manifest, num_videos)
         score = Scorer(module, num_videos, fvd_detector, clip_model, clip_checkpoint, probe_cache,

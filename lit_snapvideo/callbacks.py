@@ -264,6 +264,8 @@ class SampleQuality(L.Callback):
         from .data.datasets import is_shapes_caption, load_records
         from .metrics.evaluate import probe_for, validation_prompts
 
+        if not trainer.is_global_zero:  # rank 0 scores (probe_for may train and cache the probe: one writer)
+            return
         cfg = module.cfg
         train, val = load_records(cfg.data.root, cfg.data.manifest)
         if not all(is_shapes_caption(r.caption) for r in train + val):  # the probe's labels are those captions

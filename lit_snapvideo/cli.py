@@ -153,6 +153,10 @@ def _run_fit(args: argparse.Namespace) -> None:
                         else "--resume and --new-version exclude each other")
     run_dir = fit(cfg, resume=not args.new_version, new_version=args.new_version,
                   enable_progress_bar=not args.no_progress)
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # another DDP rank: rank 0 writes summary.json and reports
+        return
     summary = json.loads((run_dir / "summary.json").read_text())
     print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, final val loss "
           f"{summary['final_val_loss']}, run directory {run_dir}")

@@ -86,7 +86,7 @@ class DataConfig:
     val_fps: float = 8.0  # fixed validation frame rate (deterministic loader)
     image_fraction: float = 0.1  # share of still images in each training batch
     images_as_videos: bool = True  # paper §2.6: images are T-frame clips at "infinite" fps
-    batch_size: int = 8
+    batch_size: int = 8  # per rank: the global batch is batch_size x devices x num_nodes (docs/multinode.md)
     val_batch_size: int = 8
     num_workers: int = 2
     limit_val_clips: int = 64  # validation clips used for the fixed-sigma validation loss

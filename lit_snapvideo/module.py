@@ -10,8 +10,13 @@ The two faces differ only where the paper makes them differ:
   second pass receives (pix2seq's ``self_cond_by_masking``).
 ``module_for(cfg)`` picks the face from the backbone preset; ``optim.*`` in the config overrides either default.
 
-Determinism: every random draw of a training step (sigma, eps, label dropout, self-conditioning mask, dropout) comes
-from generators seeded by (seed, global step, rank), so a resumed run repeats an uninterrupted one exactly.
+Determinism: a training example's random draws (sigma, eps, label dropout, self-conditioning mask) come from a
+generator seeded by (seed, the example's ``key``: its draw seed in the data stream), dropout inside the backbone from
+(seed, global step, rank). So a resumed run repeats an uninterrupted one exactly, and an example's loss does not
+depend on the rank or batch it lands in: DDP at per-rank batch B follows one process at batch B x world size.
+DDP: the global batch is ``data.batch_size`` x world size (Lightning averages the gradients); the EMA counts the videos
+of all ranks; ``train/loss`` and the validation losses are averaged over ranks; a non-finite loss on any rank skips
+the step on every rank.
 EMA: EDM-style, half-life counted in videos (``optim.ema_halflife_videos``) with EDM's ramp-up; the EMA backbone is
 a submodule, so checkpoints carry it, and sampling and validation use it.
 """
@@ -78,6 +83,18 @@ def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Ge
     return torch.Generator(device=device).manual_seed(mix_seed(*keys))
 
 
+Generators = torch.Generator | list[torch.Generator]
+
+
+def draw(generator: Generators, n: int, make: Callable[[int, torch.Generator], Tensor]) -> Tensor:
+    """``make(n, generator)`` from one generator for the batch, or ``make(1, g)`` stacked over a list of ``n``
+    per-example generators."""
+    if isinstance(generator, torch.Generator):
+        return make(n, generator)
+    assert len(generator) == n, (len(generator), n)
+    return torch.cat([make(1, g) for g in generator])
+
+
 class EDMVideoModule(L.LightningModule):
     """Trains ``backbone(x, c_noise, cond, self_cond) -> (F, state)`` with the Snap-EDM loss.
 
@@ -119,12 +136,12 @@ class EDMVideoModule(L.LightningModule):
         emb, mask = self.text_encoder.encode(list(captions))
         return emb.to(self.device), mask.to(self.device)
 
-    def make_cond(self, batch: dict, drop_generator: Optional[torch.Generator] = None) -> dict:
+    def make_cond(self, batch: dict, drop_generator: Optional[Generators] = None) -> dict:
         """Backbone conditioning from a batch; with ``drop_generator``, label dropout replaces captions by the null
         caption with probability ``text.label_dropout`` (classifier-free guidance training)."""
         captions = list(batch["caption"])
         if drop_generator is not None and self.cfg.text.label_dropout > 0:
-            drop = torch.rand(len(captions), generator=drop_generator) < self.cfg.text.label_dropout
+            drop = draw(drop_generator, len(captions), lambda n, g: torch.rand(n, generator=g)) < self.cfg.text.label_dropout
             captions = [NULL_CAPTION if d else c for c, d in zip(captions, drop.tolist())]
         text, mask = self.encode_text(captions)
         fps = batch["fps"].to(self.device, torch.float32)
@@ -146,25 +163,27 @@ class EDMVideoModule(L.LightningModule):
     def _net(self, backbone: Callable, cond: dict, self_cond: Optional[Tensor]) -> Callable:
         return lambda x_in, c_noise: backbone(x_in, c_noise, cond, self_cond=self_cond)
 
-    def diffusion_loss(self, batch: dict, generator: torch.Generator, backbone: Optional[Callable] = None,
+    def diffusion_loss(self, batch: dict, generator: Generators, backbone: Optional[Callable] = None,
                        sigma: Optional[Tensor] = None, train: bool = True,
                        self_cond_prob: Optional[float] = None) -> tuple[Tensor, dict]:
         """Per-sample loss (B,) (mean over elements of w (F - target)^2) and info (sigma, x_hat inputs).
 
-        Draws sigma (unless given), eps, label dropout (``train``) and the self-conditioning mask from ``generator``.
+        Draws sigma (unless given), eps, label dropout (``train``) and the self-conditioning mask from ``generator``:
+        one for the batch, or a list with one per example.
         """
         backbone = self._train_forward if backbone is None else backbone  # not `or`: a compiled module has no truth value
         video = batch["video"].to(self.device, torch.float32)
         b = video.shape[0]
         cond = self.make_cond(batch, drop_generator=generator if train else None)
         if sigma is None:
-            sigma = self.edm.sample_sigma(b, generator=generator).to(self.device)
-        eps = torch.randn(video.shape, generator=generator, dtype=torch.float32).to(self.device)
+            sigma = draw(generator, b, lambda n, g: self.edm.sample_sigma(n, generator=g)).to(self.device)
+        eps = draw(generator, b, lambda n, g: torch.randn((n, *video.shape[1:]), generator=g,
+                                                          dtype=torch.float32)).to(self.device)
         sigma_in = self.sigma_in_for(batch)
         p = self.cfg.optim.self_cond_prob if self_cond_prob is None else self_cond_prob
         self_cond = None
         if self.uses_self_conditioning and p > 0:
-            keep = (torch.rand(b, generator=generator) < p).to(self.device)
+            keep = (draw(generator, b, lambda n, g: torch.rand(n, generator=g)) < p).to(self.device)
             with torch.no_grad():  # first pass: latents only, no gradient (pix2seq / RIN)
                 x_sigma = self.edm.noise(video, sigma, eps, sigma_in)
                 _, state = self.edm.network_output(self._net(backbone, cond, None), x_sigma, sigma, sigma_in)
@@ -174,39 +193,47 @@ class EDMVideoModule(L.LightningModule):
                                    sigma_in=sigma_in)
         return loss.flatten(1).mean(1), info
 
-    def _step_generator(self) -> torch.Generator:
-        return seeded_generator(self.cfg.trainer.seed, self.global_step, self.global_rank)
+    def _example_generators(self, batch: dict) -> Generators:
+        """One generator per example, seeded by its key; a batch without keys: one for the step and rank."""
+        if "key" not in batch:
+            return seeded_generator(self.cfg.trainer.seed, self.global_step, self.global_rank)
+        return [seeded_generator(self.cfg.trainer.seed, key) for key in batch["key"].tolist()]
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # dropout inside the backbone draws from the global RNG: make it a function of the step too
         torch.manual_seed(mix_seed(self.cfg.trainer.seed, self.global_step, self.global_rank, 7))
 
-    def training_step(self, batch: dict, batch_idx: int) -> Optional[Tensor]:
-        per_sample, info = self.diffusion_loss(batch, self._step_generator())
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        per_sample, info = self.diffusion_loss(batch, self._example_generators(batch))
         loss = per_sample.mean()
-        if not torch.isfinite(loss):
+        # agreed over ranks: every rank skips when any has a non-finite loss (a rank skipping alone would hang DDP)
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             return self._skip_nonfinite(loss)
         self.nonfinite_streak = 0
         b = per_sample.shape[0]
         self.unaveraged_videos += b
-        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)  # the global batch's mean
         self._log_sigma_buckets(per_sample.detach(), info["sigma"].detach(), b)
         return loss
 
-    def _skip_nonfinite(self, loss: Tensor) -> None:
-        """Skip the step (Lightning skips backward and step when training_step returns None) and count it."""
+    def _skip_nonfinite(self, loss: Tensor) -> Tensor:
+        """Count a skipped step (on every rank at once) and return its stand-in loss: zero, with a zero gradient for
+        every trained weight, so DDP's gradient all-reduce runs as in any step (Lightning refuses a ``None`` from
+        ``training_step`` under DDP). :meth:`on_before_optimizer_step` drops the zero gradients: no weight moves."""
         self.nonfinite_streak += 1
         self.nonfinite_total += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_total))
         limit = self.cfg.optim.max_nonfinite_steps
         if self.nonfinite_streak >= limit:
             raise NonFiniteLossError(
-                f"loss was {loss.item()} for {limit} steps in a row (step {self.global_step}); try a lower optim.lr, "
-                f"a longer optim.warmup_steps, optim.grad_clip=1.0, trainer.precision=32-true, or check the data")
-        return None
+                f"loss was non-finite ({loss.item()} here) for {limit} steps in a row (step {self.global_step}); "
+                "try a lower optim.lr, a longer optim.warmup_steps, optim.grad_clip=1.0, trainer.precision=32-true, "
+                "or check the data")
+        return sum(p.sum() for p in self.backbone.parameters() if p.requires_grad) * 0.0
 
     def _log_sigma_buckets(self, per_sample: Tensor, sigma: Tensor, batch_size: int) -> None:
-        """Loss per quartile of the training sigma distribution (ln sigma quartiles of N(P_mean, P_std^2))."""
+        """Loss per quartile of the training sigma distribution (ln sigma quartiles of N(P_mean, P_std^2)), of rank 0's
+        examples (not synced: a quartile may be empty on some ranks, and a sync that some ranks skip hangs)."""
         z = (torch.log(sigma.float()) - self.edm.p_mean) / self.edm.p_std
         bucket = torch.bucketize(z, torch.tensor([-0.6745, 0.0, 0.6745], device=z.device))
         for q in range(4):
@@ -343,6 +370,8 @@ class EDMVideoModule(L.LightningModule):
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.unaveraged_videos == 0:  # every batch of this step was skipped: the optimiser leaves gradless weights
+            optimizer.zero_grad(set_to_none=True)
         grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
         if grads:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))

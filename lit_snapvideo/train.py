@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import BestAndLastCheckpoint, DataTrace, SampleQuality, SampleVideos, SkippedFiles, Throughput, WallTime
-from .config import save_config
+from .config import ConfigError, save_config
 from .data.datamodule import EDMDataModule
 from .module import CheckpointError, EDMVideoModule, load_checkpoint_file, module_for, state_dict_mismatch
 from .models.presets import forward_flops
@@ -37,6 +37,10 @@ log = logging.getLogger("lit_snapvideo")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # the DataModule's stream position (in every checkpoint) makes the training loader resumable mid-epoch
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+
+
+# the version rank 0 picked for --new-version, for the ranks Lightning's DDP launcher starts by rerunning the command
+VERSION_ENV = "LIT_SNAPVIDEO_NEW_VERSION"
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -72,11 +76,13 @@ def train_flops_per_video(module: EDMVideoModule) -> Optional[float]:
 
 
 def set_cpu_threads(cfg: DictConfig) -> int:
-    """torch intra-op threads for CPU training: ``trainer.cpu_threads``, or cores minus data workers.
+    """torch intra-op threads for CPU training: ``trainer.cpu_threads``, or this process's share of the cores
+    (``trainer.devices`` CPU processes under DDP) minus its data workers.
 
     Also flushes denormal floats to zero: as the U-Net trained, denormals slowed its steps from ~200 to ~600 ms
     per video on this CPU (a step at the step-500 weights: 420 ms/video, 229 with flushing)."""
-    threads = cfg.trainer.cpu_threads or max(1, (os.cpu_count() or 1) - cfg.data.num_workers)
+    processes = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) and cfg.trainer.devices > 1 else 1
+    threads = cfg.trainer.cpu_threads or max(1, (os.cpu_count() or 1) // processes - cfg.data.num_workers)
     torch.set_flush_denormal(True)
     if not torch.cuda.is_available() or cfg.trainer.accelerator == "cpu":
         torch.set_num_threads(threads)
@@ -108,6 +114,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable
         log_every_n_steps=t.log_every_n_steps, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.grad_clip or None, logger=logger, callbacks=callbacks,
         enable_progress_bar=enable_progress_bar, num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the JointSampler shards the training stream itself (EDMDataModule)
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs), {"throughput": throughput, "samples": samples, "checkpoint": checkpoint,
@@ -143,9 +150,15 @@ def check_resume(cfg: DictConfig, module: EDMVideoModule, path: Path) -> None:
 
 def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_progress_bar: bool = True,
         **trainer_overrides) -> Path:
-    """Train ``cfg``; returns the run directory. ``resume``: continue from ``last.ckpt`` when it exists."""
+    """Train ``cfg``; returns the run directory. ``resume``: continue from ``last.ckpt`` when it exists.
+
+    Under DDP every rank runs this function; rank 0 alone writes config.yaml and summary.json (Lightning writes the
+    checkpoints and the logs from rank 0)."""
     if new_version:
-        cfg.logging.version = next_free_version(cfg)
+        if VERSION_ENV not in os.environ and launched_ranks() > 1:
+            raise ConfigError("--new-version: each process of a torchrun / srun launch would pick its own version "
+                              "folder; name the run with logging.version=... instead")
+        cfg.logging.version = os.environ.get(VERSION_ENV) or next_free_version(cfg)
     run_dir = run_dir_of(cfg)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     set_cpu_threads(cfg)
@@ -158,6 +171,9 @@ def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_
         log.info("resuming from %s", ckpt_path)
     created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # what this start makes
     trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
+    hand_over = new_version and trainer.is_global_zero and VERSION_ENV not in os.environ
+    if hand_over:  # the launcher's processes inherit the environment
+        os.environ[VERSION_ENV] = str(cfg.logging.version)
     try:
         if trainer.is_global_zero:
             save_config(cfg, run_dir)
@@ -167,9 +183,17 @@ def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_
         if trainer.is_global_zero and trainer.global_step == 0:  # bad data or config found late: nothing to keep
             remove_stray_run(run_dir, created)
         raise
+    finally:
+        if hand_over:
+            os.environ.pop(VERSION_ENV, None)
     if trainer.is_global_zero:
         write_summary(run_dir, cfg, module, trainer, parts, resumed=ckpt_path is not None)
     return run_dir
+
+
+def launched_ranks() -> int:
+    """Processes started together by an outside launcher (torchrun's WORLD_SIZE, SLURM's task count), else 1."""
+    return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
 
 
 # what a start writes before its first step; a folder holding anything else is never removed
@@ -211,7 +235,8 @@ def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, traine
         "steps": trainer.global_step,
         "max_steps": cfg.trainer.max_steps,
         "max_time": cfg.trainer.max_time,
-        "batch_size": cfg.data.batch_size,
+        "batch_size": cfg.data.batch_size,  # per rank
+        "world_size": trainer.world_size,  # global batch = batch_size x world_size (x accumulate_grad_batches)
         "videos_seen": float(module.videos_seen),
         "wall_time_s": round(wall.seconds() + earlier, 1),  # every segment, killed ones up to their checkpoint
         "final_val_loss": float(val) if val is not None else None,

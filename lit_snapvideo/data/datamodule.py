@@ -2,15 +2,20 @@
 
 A batch is ``{"video": float32 (B, 3, T, *data.pad_to) in [-1, 1], "caption": list[str],
 "fps": float32 (B,) (math.inf for still images), "orig_size": float32 (B, 2) source (H, W) in
-pixels, "is_image": bool (B,)}``. Examples are cropped to ``data.size``; the collate function pads
+pixels, "is_image": bool (B,), "key": int64 (B,) each example's draw seed (training: it seeds the example's
+diffusion noise, so a sample's loss does not depend on the rank or batch it lands in)}``. Examples are cropped to ``data.size``; the collate function pads
 the batch to ``data.pad_to`` with :func:`lit_snapvideo.data.video.pad_video` (undo with
 ``crop_padding``), once per batch where one large op is cheaper than B small ones.
 
 Training draws frame rates from ``data.fps_choices`` and mixes still images into each batch with
 probability ``data.image_fraction`` (:class:`JointSampler`); the stream depends only on
 ``data.seed`` and the position in it, which checkpoints carry, so a resumed run sees the batches
-the uninterrupted run would have seen. Validation is deterministic: the
-first ``data.limit_val_clips`` records of the val split at ``data.val_fps`` from frame 0.
+the uninterrupted run would have seen. Under DDP ``data.batch_size`` is per rank (the global batch is
+``batch_size x devices x num_nodes``) and the sampler shards the one stream over the ranks, so the ranks' batches
+of a step together are the batch one process would draw at the global size (the Trainer runs with
+``use_distributed_sampler=False``: Lightning's wrapper would re-shard the pass and lose the stream position).
+Validation is deterministic: the first ``data.limit_val_clips`` records of the val split at ``data.val_fps`` from
+frame 0, the same clips on every rank (a small set; the loss equals one process's at any device count).
 Bad files are skipped and counted across workers: :meth:`EDMDataModule.skipped_files`.
 """
 
@@ -81,12 +86,14 @@ class EDMDataModule(L.LightningDataModule):
             collate_fn=partial(collate_padded, pad_to=tuple(self.cfg.pad_to)),
             num_workers=workers,
             persistent_workers=workers > 0,
-            drop_last=sampler is not None and len(dataset) >= batch_size,
+            drop_last=sampler is not None and len(sampler) >= batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
         sampler = JointSampler(self.train_set.is_image, self.cfg.image_fraction, self.cfg.seed,
-                               consumed=lambda: self.stream_position)
+                               consumed=lambda: self.stream_position,
+                               rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1)
         return self._loader(self.train_set, self.cfg.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

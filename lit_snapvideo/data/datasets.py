@@ -278,7 +278,8 @@ class SkipLog:
 
 class ClipDataset(Dataset):
     """Records -> training examples ``{"video": (3, T, *size) float32 in [-1, 1] (or padded to
-    ``pad_to``), "caption": str, "fps": float32 (), "orig_size": float32 (2,), "is_image": bool ()}``.
+    ``pad_to``), "caption": str, "fps": float32 (), "orig_size": float32 (2,), "is_image": bool (),
+    "key": int64 ()}``; ``key`` is the sample seed of ``dataset[(i, seed)]``, else ``i``.
 
     ``dataset[i]`` with ``train=False``: ``fps_choices[0]`` and frame 0, so the same index always
     gives the same tensor. ``dataset[(i, seed)]`` (what :class:`JointSampler` yields): a frame rate
@@ -339,10 +340,12 @@ class ClipDataset(Dataset):
             rng = torch.Generator().manual_seed(seed)
         else:
             rng = torch.default_generator if self.train else None
+        # the example's own key (seeds its diffusion noise), kept when a bad file is replaced
+        sample_key = torch.tensor(seed if seed is not None else index, dtype=torch.int64)
         for _ in range(MAX_RETRIES):
             if index not in self._bad:
                 try:
-                    return self.load(index, rng)
+                    return {**self.load(index, rng), "key": sample_key}
                 except BadFileError as err:
                     self._bad.add(index)
                     self.skip_log.add(err)
@@ -352,14 +355,18 @@ class ClipDataset(Dataset):
 
 
 class JointSampler(Sampler[tuple[int, int]]):
-    """An endless, resumable training stream cut into passes of ``len(is_image)`` draws.
+    """An endless, resumable training stream cut into passes of ``len(is_image)`` draws, sharded over ranks.
 
-    Draw number ``p`` (counted from the start of training) is a function of ``(seed, p)`` only:
+    Draw number ``p`` (counted from the start of training, over all ranks) is a function of ``(seed, p)`` only:
     an image with probability ``image_fraction`` and a video otherwise (when only one kind exists,
     it is used for every draw), uniformly within the kind, plus a per-sample seed for the frame
     rate and start. Yields ``(index, sample_seed)`` for :class:`ClipDataset`.
 
-    Each pass starts at ``consumed()`` when given: the number of draws training has used so far
+    Under data parallelism (``world_size`` > 1) rank ``r`` takes the draws ``p`` with ``p % world_size == r`` of
+    each pass, ``len(is_image) // world_size`` of them: every rank keeps the image/video ratio, and the
+    ``world_size`` per-rank batches of a step together are the one-process batch of ``world_size`` x the size.
+
+    Each pass starts at ``consumed()`` when given: the number of draws training has used so far over all ranks
     (the DataModule counts them and checkpoints carry the count). A Lightning epoch resumed part-way
     ends after fewer draws than a pass and ``drop_last`` leaves draws unused, so the next pass must
     start where training stopped, not a whole pass after the previous start. Without ``consumed``
@@ -367,14 +374,17 @@ class JointSampler(Sampler[tuple[int, int]]):
     """
 
     def __init__(self, is_image: Sequence[bool], image_fraction: float, seed: int = 0, start: int = 0,
-                 consumed: Optional[Callable[[], int]] = None):
+                 consumed: Optional[Callable[[], int]] = None, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.images = [i for i, img in enumerate(is_image) if img]
         self.videos = [i for i, img in enumerate(is_image) if not img]
         self.image_fraction = image_fraction if self.images and self.videos else float(bool(self.images))
         self.num_samples, self.seed, self.position, self.consumed = len(is_image), seed, start, consumed
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples // self.world_size  # the same on every rank: DDP ranks must run equal step counts
 
     def draw(self, p: int) -> tuple[int, int]:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + p) % 2**63)
@@ -384,7 +394,8 @@ class JointSampler(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         first = self.consumed() if self.consumed is not None else self.position
         self.position = first + self.num_samples
-        return (self.draw(p) for p in range(first, first + self.num_samples))
+        own = range(first + self.rank, first + len(self) * self.world_size, self.world_size)
+        return (self.draw(p) for p in own)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""Profile one CPU training step of the small pair (issue 20, results/throughput.md "What bounds a CPU step").
+
+    .venv/bin/python experiments/profile/train_step.py [--threads 2] [--out results/profile]
+
+For fit_small and unet_small at the throughput table's setting (16x40x64, batch 4, fp32): torch.profiler's top ops
+by self CPU time for one step (after two warm-up steps), then the variants below timed side by side in this one
+process (median of 5 steps, ms per video), so before and after share the machine's load.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lit_snapvideo.bench import build_bench_module
+
+
+def make_step(preset: str, batch: int, frames: int, size: tuple[int, int], channels_last: bool = False):
+    """A closure running one training step (loss, backward, clip, AdamW) of ``preset``, as `bench` times it."""
+    torch.manual_seed(0)
+    module, forward = build_bench_module(preset, frames, size, "cpu")
+    if channels_last:
+        module.backbone.to(memory_format=torch.channels_last_3d)
+    module.backbone.train()
+    optimizer = module.configure_optimizers()["optimizer"]
+    params = [p for p in module.backbone.parameters() if p.requires_grad]
+    video = torch.randn(batch, 3, frames, *size)
+    if channels_last:
+        video = video.contiguous(memory_format=torch.channels_last_3d)
+    data = {"video": video, "caption": ["a profiled clip"] * batch, "fps": torch.full((batch,), 8.0),
+            "orig_size": torch.tensor([[36.0, 64.0]]).expand(batch, 2), "is_image": torch.zeros(batch, dtype=torch.bool)}
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        per_sample, _ = module.diffusion_loss(data, generator, backbone=forward)
+        per_sample.mean().backward()
+        torch.nn.utils.clip_grad_norm_(params, module.cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def ms_per_video(step, batch: int, repeats: int = 5) -> float:
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--out", default="results/profile")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    frames, size = 16, (40, 64)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for preset in ("fit_small", "unet_small"):
+        step = make_step(preset, args.batch, frames, size)
+        step(), step()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+        (out / f"{preset}_top_ops.txt").write_text(table)
+        print(f"== {preset}: top ops by self CPU time ==\n{table}")
+    # variants timed side by side (interleaved, so both see the same load)
+    variants = {
+        "fit_small": lambda: make_step("fit_small", args.batch, frames, size),
+        "unet_small": lambda: make_step("unet_small", args.batch, frames, size),
+        "unet_small channels_last_3d": lambda: make_step("unet_small", args.batch, frames, size, channels_last=True),
+    }
+    steps = {name: build() for name, build in variants.items()}
+    results: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(3):
+        for name, step in steps.items():
+            results[name].append(ms_per_video(step, args.batch))
+    lines = [f"threads {args.threads}, batch {args.batch}, 16x40x64, fp32; ms/video, median of 5 steps, 3 interleaved rounds"]
+    for name, values in results.items():
+        lines.append(f"{name:32s} " + " ".join(f"{v:7.1f}" for v in values))
+    (out / "variants.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

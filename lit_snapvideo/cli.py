@@ -75,7 +75,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _run_data_shapes(args: argparse.Namespace) -> None:
     import time
 
-    from .data.datasets import EMBEDDED_ROOTS, generate_shapes
+    from .data.shapes import EMBEDDED_ROOTS, generate_shapes
 
     if args.n_train < 1 or args.n_val < 0:
         raise UserError(f"--n-train must be >= 1 and --n-val >= 0 (got {args.n_train}, {args.n_val})")

@@ -170,7 +170,7 @@ class Check:
 
         from .callbacks import gif_bytes, video_grid_frames
         from .config import load_config
-        from .data.datasets import generate_shapes
+        from .data.shapes import generate_shapes
         from .metrics.evaluate import evaluate_checkpoint, generate_videos, probe_for, validation_prompts
         from .module import load_module
         from .report import compare_runs

@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ..data.datasets import is_shapes_caption, load_records
+from ..data.datasets import load_records
+from ..data.shapes import is_shapes_caption
 from ..data.video import crop_padding
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,8 @@ class Scorer:
     def __init__(self, module: Any, num_videos: int, fvd_detector: Optional[str] = None,
                  clip_model: Optional[str] = None, clip_checkpoint: Optional[str] = None,
                  probe_cache: str = ".cache/probe", fvd_cache: str = ".cache/fvd", probe_kwargs: Optional[dict] = None):
-        from ..data.datasets import is_shapes_caption, load_records
+        from ..data.datasets import load_records
+        from ..data.shapes import is_shapes_caption
         from .evaluate import probe_for
 
         cfg = module.cfg

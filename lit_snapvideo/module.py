@@ -41,6 +41,7 @@ from .errors import UserError
 from .models.presets import build_backbone, preset_kwargs
 from .models.text import NULL_CAPTION, TextEncoder
 from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
+from .seeding import mix_seed, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +69,6 @@ class NonFiniteLossError(RuntimeError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that is refused (unsafe pickle, foreign or partial weights): one line naming the file."""
-
-
-def mix_seed(*keys: int) -> int:
-    """One seed that is a pure function of ``keys`` (e.g. seed, step, rank)."""
-    value = 0
-    for k in keys:
-        value = (value * 1_000_003 + int(k)) % (2**63 - 1)
-    return value
-
-
-def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator seeded with :func:`mix_seed` of ``keys``."""
-    return torch.Generator(device=device).manual_seed(mix_seed(*keys))
 
 
 Generators = torch.Generator | list[torch.Generator]

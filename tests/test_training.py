@@ -43,7 +43,7 @@ def test_diffusion_loss_falls_on_a_fixed_batch(shapes_root, tmp_path, preset):
     """The real Snap-EDM path (label dropout off, self-conditioning on for FIT, sigma_in of the config): 30 AdamW
     steps on one batch with one fixed draw of sigma and noise lower its loss by more than a third."""
     from lit_snapvideo.data.datamodule import EDMDataModule
-    from lit_snapvideo.module import seeded_generator
+    from lit_snapvideo.seeding import seeded_generator
 
     cfg = load_config(EXPERIMENTS / f"{preset.split('_')[0]}.yaml",
                       tiny_overrides(shapes_root, tmp_path, preset, **{"text.label_dropout": 0.0}))

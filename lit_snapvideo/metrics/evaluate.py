@@ -96,7 +96,7 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
     without state it equals ``mse_sigma``."""
     from ..data.datamodule import EDMDataModule
     from ..models.text import NULL_CAPTION
-    from ..module import seeded_generator
+    from ..seeding import seeded_generator
 
     from ..sampling import karras_sigmas
 

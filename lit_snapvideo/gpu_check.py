@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from . import paper
 from .bench import (PHASES, THROUGHPUT_COLUMNS, BenchSettings, hardware_info, measure_all, plan_preset,
                     reference_peak, speedups, write_csv)
 from .report import fmt
@@ -42,7 +43,8 @@ CHECK_COLUMNS = THROUGHPUT_COLUMNS + [f"{p}_warmup_s" for p in PHASES]
 PROMISED = ("gpu_check.md", "gpu_check.json", "gpu_check.log", "throughput_b8_b64.csv", "throughput_b8_b64.md",
             "ablation.md", "ablation_fit_samples.gif", "ablation_unet_samples.gif")
 NOT_MEASURED = ("Not measured yet: nothing here ran on a GPU. `make gpu-check` on a GPU machine replaces this file "
-                "with the batch-8 and batch-64 numbers and the FIT/U-Net ratios beside the paper's 3.31x / 4.49x.")
+                f"with the batch-8 and batch-64 numbers and the FIT/U-Net ratios beside the paper's "
+                f"{paper.speedup('train_ms'):.2f}x / {paper.speedup('infer_ms'):.2f}x.")
 
 
 @dataclass

@@ -66,10 +66,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .. import paper
 from .fit import FIT
 from .unet3d import UNet3D
 
-PAPER_TEXT_DIM = 1024  # T5-11B d_model (paper §3.2)
+PAPER_TEXT_DIM = paper.T5_TEXT_DIM
 
 # The small CPU pair at the paper's clip (~1.3-1.5 forward GFLOPs per 16x40x64 video each; `make bench`);
 # dropout off, see the module docstring
@@ -80,18 +81,11 @@ _UNET_SMALL = dict(kind="unet", base_channels=8, channel_mult=(1, 1, 2, 4), num_
                    attention_resolutions=(16, 8), head_channels=8, cond_dim=128, dropout=0.0, norm_groups=4)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Table 7: ADM U-Nets with interleaved temporal attention
-    "unet_85m": dict(kind="unet", base_channels=128, channel_mult=(1, 2, 2, 3), num_res_blocks=2,
-                     attention_resolutions=(32, 16, 8), head_channels=64, cond_dim=768, dropout=0.1),
-    "unet_284m": dict(kind="unet", base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
-                      attention_resolutions=(32, 16, 8), head_channels=64, cond_dim=768, dropout=0.1),
-    # Table 8: Snap Video FIT (6 blocks x 4 global layers, 0 local layers, patch 1x4x4, group 16x5x4)
-    "fit_500m": dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=768, latent_dim=1024,
-                     num_latents=512, cond_dim=768, num_blocks=6, global_layers=4, patch_head_dim=48,
-                     latent_head_dim=64, dropout=0.1),
-    "fit_3_9b": dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=1024, latent_dim=3072,
-                     num_latents=768, cond_dim=1024, num_blocks=6, global_layers=4, patch_head_dim=64,
-                     latent_head_dim=128, dropout=0.1),
+    # the paper's four (Tables 7 and 8)
+    "unet_85m": dict(kind="unet", **paper.TABLE7["unet_85m"]),
+    "unet_284m": dict(kind="unet", **paper.TABLE7["unet_284m"]),
+    "fit_500m": dict(kind="fit", **paper.TABLE8["fit_500m"]),
+    "fit_3_9b": dict(kind="fit", **paper.TABLE8["fit_3_9b"]),
     "fit_small": _FIT_SMALL,
     "unet_small": _UNET_SMALL,
     # the CPU ablation pair at 8 x 24 x 40 (experiments/ablation/; see the module docstring): the small pair's
@@ -110,7 +104,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                       attention_resolutions=(32,), head_channels=8, cond_dim=32, dropout=0.0, norm_groups=4),
 }
 
-PAPER_PRESETS = {"unet_85m": 85e6, "unet_284m": 284e6, "fit_500m": 500e6, "fit_3_9b": 3.9e9}
+PAPER_PRESETS = {row["preset"]: row["params"] for row in paper.TABLE2}  # the size each is named after
 ABLATION_TEXT_DIM = 256  # width of the "tiny" open_clip text tower the CPU ablations use (models/text.py)
 
 

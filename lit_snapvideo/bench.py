@@ -49,6 +49,7 @@ from torch.utils._pytree import tree_flatten
 from .config import DataConfig, TextConfig
 from .models.presets import (PAPER_PRESETS, PAPER_TEXT_DIM, PRESETS, build_backbone, count_parameters, example_inputs,
                              forward_flops, preset_kwargs)
+from .models.registry import backbone
 from .models.text import TINY_TEXT_CFG
 from . import paper
 from .report import fmt, human_count
@@ -163,10 +164,8 @@ def arch_of(preset: str) -> str:
 def scaled_overrides(preset: str, frames: int, size: tuple[int, int]) -> dict:
     """Backbone overrides for another clip shape: FIT learns its positional table at ``input_size`` and groups at
     most 16 frames; the U-Net is size-agnostic."""
-    if arch_of(preset) != "fit":
-        return {}
-    group = tuple(preset_kwargs(preset)[1].get("group_size", (16, 5, 4)))
-    return {"input_size": (frames, *size), "group_size": (min(frames, group[0]), *group[1:])}
+    kind, arguments = preset_kwargs(preset)
+    return backbone(kind).clip_overrides(arguments, frames, size)
 
 
 # ---- memory estimates on the meta device --------------------------------------------------------------------
@@ -490,7 +489,7 @@ def run_job(job: dict, isolate: bool = True) -> dict:
 def phase_flops(fwd: float, arch: str, phase: str, sample_steps: int) -> float:
     """FLOPs per video of a phase, from the forward FLOPs per video."""
     if phase == "train":
-        return fwd * (3 + (1 if arch == "fit" else 0))  # forward + backward (2x), + FIT's self-cond forward
+        return backbone(arch).train_flops(fwd)  # forward + backward (2x), + FIT's self-cond forward
     if phase == "sample":
         return fwd * (2 * sample_steps - 1) * 2  # Heun: 2N - 1 evaluations, each on the doubled CFG batch
     return fwd
@@ -730,11 +729,8 @@ def pad_multiple(presets: list[str]) -> tuple[int, int]:
     which is why the paper pads 36 -> 40) and the U-Net's 2^(levels - 1), combined by least common multiple."""
     multiple = (1, 1)
     for preset in presets:
-        kind, kw = preset_kwargs(preset)
-        if kind == "fit":
-            tile = tuple(p * g for p, g in zip(kw["patch_size"][1:], kw["group_size"][1:]))
-        else:
-            tile = (2 ** (len(kw["channel_mult"]) - 1),) * 2
+        kind, arguments = preset_kwargs(preset)
+        tile = backbone(kind).size_multiple(arguments)
         multiple = tuple(math.lcm(m, t) for m, t in zip(multiple, tile))
     return multiple
 

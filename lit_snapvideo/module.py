@@ -3,12 +3,12 @@
     batch -> text encoder (frozen, cached) -> label dropout -> sigma ~ log-normal, eps ~ N(0, I)
           -> x_sigma = x / sigma_in + sigma eps -> edm (c_in, c_noise) -> backbone -> F -> w (F - c_nrm v)^2
 
-The two faces differ only where the paper makes them differ:
-- :class:`UNetModule`: AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01 (paper Tab. 9: "Adam"; decoupled decay, see PAPER_OPTIM); no latent state.
-- :class:`FITModule`: timm's LAMB, lr 5e-3, betas (0.9, 0.99), weight decay 0.01, and latent self-conditioning
-  (p = 0.9): a first forward pass without gradient gives latents, zeroed for 10% of the batch, that the trained
-  second pass receives (pix2seq's ``self_cond_by_masking``).
-``module_for(cfg)`` picks the face from the backbone preset; ``optim.*`` in the config overrides either default.
+The backbone's kind (``models/registry.py``) sets what differs between backbones: the paper's optimiser (Tab. 9:
+AdamW, lr 1e-4, betas (0.9, 0.999) for the U-Net; timm's LAMB, lr 5e-3, betas (0.9, 0.99) for FIT; weight decay 0.01)
+and latent self-conditioning (FIT, p = 0.9): a first forward pass without gradient gives latents, zeroed for 10% of
+the batch, that the trained second pass receives (pix2seq's ``self_cond_by_masking``). ``optim.*`` in the config
+overrides the optimiser. :class:`UNetModule` and :class:`FITModule` name the two paper kinds' modules;
+``module_for(cfg)`` picks the module of the configured preset (any registered kind).
 
 Determinism: a training example's random draws (sigma, eps, label dropout, self-conditioning mask) come from a
 generator seeded by (seed, the example's ``key``: its draw seed in the data stream), dropout inside the backbone from
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .edm import SnapEDM
 from .errors import UserError
+from .models import registry
 from .models.presets import build_backbone, preset_kwargs
 from .models.text import NULL_CAPTION, TextEncoder
 from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
@@ -45,15 +46,6 @@ from .seeding import mix_seed, seeded_generator
 
 log = logging.getLogger(__name__)
 
-# The paper's optimiser per backbone (Tab. 9); ``optim.name/lr/betas`` set to a value override these.
-# The U-Net's "Adam, weight decay 0.01" is read as decoupled decay (AdamW): torch's Adam adds the decay to
-# the gradient, where Adam's normalisation turns it into a shrink of ~lr per step for any weight whose own gradient
-# is small. Measured on the CPU ablation (Adam lr 3e-3, 800 steps): every U-Net text cross-attention weight and the
-# text projection ended with norm < 5e-5, so the U-Net ignored the caption; FIT's attention queries fell to ~2e-4.
-PAPER_OPTIM = {
-    "unet": {"name": "adamw", "lr": 1e-4, "betas": (0.9, 0.999)},
-    "fit": {"name": "lamb", "lr": 5e-3, "betas": (0.9, 0.99)},
-}
 # fixed grid for the validation loss: comparable across runs and architectures (same sigmas, same noise); it
 # reaches diffusion.sigma_max, where the sampler starts (val/loss averages the grid; val/loss_low its sigmas <= 3)
 VAL_SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -92,13 +84,17 @@ class EDMVideoModule(L.LightningModule):
         text_encoder: an already-built text encoder; default builds ``cfg.text``.
     """
 
-    kind = "unet"  # which paper optimiser applies (overridden by the faces)
-    uses_self_conditioning = False
+    kind: Optional[str] = None  # a backbone kind of models/registry.py; None: the configured preset's
 
     def __init__(self, cfg: DictConfig | dict, backbone: Optional[nn.Module] = None,
                  text_encoder: Optional[TextEncoder] = None) -> None:
         super().__init__()
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        kind = backbone_kind(cfg)
+        if self.kind not in (None, kind):
+            raise ValueError(f"{type(self).__name__} trains '{self.kind}' backbones; model.preset={cfg.model.preset} "
+                             f"is a '{kind}'")
+        self.kind = kind
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         self.cfg = cfg
         self.edm = SnapEDM.from_config(cfg.diffusion)
@@ -117,6 +113,15 @@ class EDMVideoModule(L.LightningModule):
         self.unaveraged_videos = 0  # videos of this rank trained on since the last EMA update
         # torch.compile wraps the backbone only, kept outside the module tree so state_dict keys stay clean
         self.__dict__["_train_forward"] = torch.compile(self.backbone) if cfg.model.compile else self.backbone
+
+    @property
+    def spec(self) -> registry.Backbone:
+        """The registry entry of this module's backbone kind."""
+        return registry.backbone(self.kind)
+
+    @property
+    def uses_self_conditioning(self) -> bool:
+        return self.spec.self_conditioning
 
     # ---- conditioning ---------------------------------------------------------------------
 
@@ -321,7 +326,7 @@ class EDMVideoModule(L.LightningModule):
 
     def optimizer_settings(self) -> dict:
         """name, lr, betas after applying the paper default of this face to unset config values."""
-        o, paper = self.cfg.optim, PAPER_OPTIM[self.kind]
+        o, paper = self.cfg.optim, self.spec.optimizer
         return {"name": paper["name"] if o.name == "auto" else o.name,
                 "lr": paper["lr"] if o.lr is None else float(o.lr),
                 "betas": tuple(paper["betas"] if o.betas is None else o.betas)}
@@ -392,20 +397,25 @@ class UNetModule(EDMVideoModule):
     """The 3D U-Net baseline: AdamW (lr 1e-4, betas 0.9/0.999, decoupled wd 0.01) by default."""
 
     kind = "unet"
-    uses_self_conditioning = False
 
 
 class FITModule(EDMVideoModule):
     """Snap Video FIT: LAMB (lr 5e-3, betas 0.9/0.99, wd 0.01) and latent self-conditioning by default."""
 
     kind = "fit"
-    uses_self_conditioning = True
+
+
+def backbone_kind(cfg: DictConfig) -> str:
+    """The registered kind of the configured preset; ValueError for an unknown preset or kind."""
+    kind, _ = preset_kwargs(cfg.model.preset, OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    registry.backbone(kind)  # a preset of an unregistered kind: the error names the known ones
+    return kind
 
 
 def module_for(cfg: DictConfig) -> type[EDMVideoModule]:
-    """The module class for the configured backbone preset."""
-    kind, _ = preset_kwargs(cfg.model.preset, OmegaConf.to_container(cfg.model.overrides, resolve=True))
-    return FITModule if kind == "fit" else UNetModule
+    """The module class for the configured backbone preset: a paper kind's named class, else EDMVideoModule."""
+    kind = backbone_kind(cfg)
+    return next((face for face in (FITModule, UNetModule) if face.kind == kind), EDMVideoModule)
 
 
 def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any], show: int = 3) -> Optional[str]:

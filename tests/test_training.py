@@ -9,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import tiny_overrides
+from lit_snapvideo import paper
 from lit_snapvideo.config import load_config
 from lit_snapvideo.models.presets import forward_flops, preset_kwargs
 from lit_snapvideo.module import FITModule, NonFiniteLossError, UNetModule, load_module, module_for
@@ -68,10 +69,13 @@ def test_paper_optimiser_defaults(shapes_root, tmp_path):
     unet_cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny"))
     fit_opt = FITModule(fit_cfg).configure_optimizers()["optimizer"]
     unet_opt = UNetModule(unet_cfg).configure_optimizers()["optimizer"]
-    assert type(fit_opt).__name__ == "Lamb" and fit_opt.defaults["lr"] == 5e-3 and fit_opt.defaults["betas"] == (0.9, 0.99)
-    assert type(unet_opt) is torch.optim.AdamW and unet_opt.defaults["lr"] == 1e-4  # decoupled decay
-    assert unet_opt.defaults["betas"] == (0.9, 0.999)
-    assert {g["weight_decay"] for g in unet_opt.param_groups} == {0.01, 0.0}  # no decay on norms and biases
+    fit_paper, unet_paper = paper.TABLE9["fit"], paper.TABLE9["unet"]
+    assert type(fit_opt).__name__ == "Lamb" and fit_opt.defaults["lr"] == fit_paper["lr"]
+    assert fit_opt.defaults["betas"] == fit_paper["betas"]
+    assert type(unet_opt) is torch.optim.AdamW and unet_opt.defaults["lr"] == unet_paper["lr"]  # decoupled decay
+    assert unet_opt.defaults["betas"] == unet_paper["betas"]
+    # no decay on norms and biases
+    assert {g["weight_decay"] for g in unet_opt.param_groups} == {unet_paper["weight_decay"], 0.0}
 
 
 def test_lr_schedule_warmup_then_cosine(shapes_root, tmp_path):

@@ -67,8 +67,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import paper
-from .fit import FIT
-from .unet3d import UNet3D
+from .registry import BACKBONES, backbone, kind_of
 
 PAPER_TEXT_DIM = paper.T5_TEXT_DIM
 
@@ -112,24 +111,30 @@ def reference_text_dim(preset: str) -> int:
     """Text width a preset is documented with: T5-11B's 1024 for the paper's sizes, 256 for the CPU ones."""
     return PAPER_TEXT_DIM if preset in PAPER_PRESETS else ABLATION_TEXT_DIM
 
-_BACKBONES = {"fit": FIT, "unet": UNet3D}
-
 
 def preset_kwargs(preset: str, overrides: dict | None = None) -> tuple[str, dict[str, Any]]:
-    """(kind, constructor kwargs) of ``preset`` with ``overrides`` applied; ValueError for unknown names/keys."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown backbone preset '{preset}'; valid presets: {', '.join(PRESETS)}")
-    kwargs = dict(PRESETS[preset])
-    kind = kwargs.pop("kind")
+    """(kind, constructor arguments) of ``preset``: the class defaults, then the preset's, then ``overrides``.
+
+    ``preset`` is a name of :data:`PRESETS` or a backbone kind of ``models/registry.py`` (its class defaults).
+    ValueError for unknown names and keys."""
+    if preset in PRESETS:
+        kwargs = dict(PRESETS[preset])
+        kind = kwargs.pop("kind")
+    elif preset in BACKBONES:
+        kind, kwargs = preset, {}
+    else:
+        raise ValueError(f"unknown backbone preset '{preset}'; valid presets: {', '.join(PRESETS)}; or a backbone "
+                         f"kind at its defaults: {', '.join(BACKBONES)}")
+    cls = backbone(kind).cls
+    parameters = {name: p for name, p in inspect.signature(cls).parameters.items()
+                  if name not in ("text_dim", "grad_checkpointing") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     overrides = dict(overrides or {})
-    known = set(inspect.signature(_BACKBONES[kind]).parameters) - {"text_dim", "grad_checkpointing"}
-    unknown = sorted(set(overrides) - known)
+    unknown = sorted(set(overrides) - set(parameters))
     if unknown:
-        raise ValueError(
-            f"model.overrides {unknown} are not {_BACKBONES[kind].__name__} arguments; valid: {', '.join(sorted(known))}"
-        )
-    kwargs.update(overrides)
-    return kind, kwargs
+        raise ValueError(f"model.overrides {unknown} are not {cls.__name__} arguments; "
+                         f"valid: {', '.join(sorted(parameters))}")
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not p.empty}
+    return kind, {**defaults, **kwargs, **overrides}
 
 
 def build_backbone(preset: str, text_dim: int, overrides: dict | None = None, grad_checkpointing: bool = False,
@@ -137,7 +142,7 @@ def build_backbone(preset: str, text_dim: int, overrides: dict | None = None, gr
     """The backbone named ``preset`` (see PRESETS), taking text embeddings of width ``text_dim``."""
     kind, kwargs = preset_kwargs(preset, overrides)
     with torch.device(device or "cpu"):
-        return _BACKBONES[kind](text_dim=text_dim, grad_checkpointing=grad_checkpointing, **kwargs)
+        return backbone(kind).cls(text_dim=text_dim, grad_checkpointing=grad_checkpointing, **kwargs)
 
 
 def count_parameters(preset: str | nn.Module, text_dim: int = PAPER_TEXT_DIM, overrides: dict | None = None) -> int:
@@ -176,7 +181,7 @@ def forward_flops(model: str | nn.Module, frames: int = 16, size: tuple[int, int
         model = build_backbone(model, text_dim, overrides, device="meta")
     else:
         # a CPU SDPA kernel is invisible to the counter; on meta SDPA decomposes into counted matmuls
-        text_dim = text_dim or model.cond_embed.text[1].in_features
+        text_dim = text_dim or backbone(kind_of(model)).text_dim(model)
         model = copy.deepcopy(model).to("meta")
     x, c_noise, cond = example_inputs(1, frames, size, text_len, text_dim, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

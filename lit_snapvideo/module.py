@@ -153,7 +153,10 @@ class EDMVideoModule(L.LightningModule):
 
     # ---- the loss ---------------------------------------------------------------------------
 
-    def _net(self, backbone: Callable, cond: dict, self_cond: Optional[Tensor]) -> Callable:
+    @staticmethod
+    def conditioned(backbone: Callable, cond: dict, self_cond: Optional[Tensor] = None) -> Callable:
+        """``backbone`` with its conditioning bound: ``net(x_in (B,3,T,H,W), c_noise (B,)) -> (F, state)``, the
+        network that ``SnapEDM.denoise`` / ``.loss`` call; ``self_cond``: the latents of the previous call, or None."""
         return lambda x_in, c_noise: backbone(x_in, c_noise, cond, self_cond=self_cond)
 
     def diffusion_loss(self, batch: dict, generator: Generators, backbone: Optional[Callable] = None,
@@ -179,10 +182,10 @@ class EDMVideoModule(L.LightningModule):
             keep = (draw(generator, b, lambda n, g: torch.rand(n, generator=g)) < p).to(self.device)
             with torch.no_grad():  # first pass: latents only, no gradient (pix2seq / RIN)
                 x_sigma = self.edm.noise(video, sigma, eps, sigma_in)
-                _, state = self.edm.network_output(self._net(backbone, cond, None), x_sigma, sigma, sigma_in)
+                _, state = self.edm.network_output(self.conditioned(backbone, cond, None), x_sigma, sigma, sigma_in)
             if state is not None:
                 self_cond = state.detach() * keep.view(-1, *([1] * (state.ndim - 1))).to(state.dtype)
-        loss, info = self.edm.loss(self._net(backbone, cond, self_cond), video, sigma=sigma, eps=eps,
+        loss, info = self.edm.loss(self.conditioned(backbone, cond, self_cond), video, sigma=sigma, eps=eps,
                                    sigma_in=sigma_in)
         return loss.flatten(1).mean(1), info
 
@@ -308,7 +311,7 @@ class EDMVideoModule(L.LightningModule):
         state: dict = {"latents": None}
 
         def denoise_both(x2: Tensor, sigma2: Tensor) -> Tensor:
-            x_hat, latents = self.edm.denoise(self._net(net, cond, state["latents"]), x2.float(), sigma2.float(),
+            x_hat, latents = self.edm.denoise(self.conditioned(net, cond, state["latents"]), x2.float(), sigma2.float(),
                                               return_state=True)
             state["latents"] = latents
             return x_hat

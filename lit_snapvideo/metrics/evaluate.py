@@ -121,8 +121,8 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
         for s in sigmas:
             sigma = torch.full((b,), float(s), device=module.device)
             x_sigma = module.edm.noise(x, sigma, eps, sigma_in)
-            d_cond = module.edm.denoise(module._net(net, cond, None), x_sigma, sigma, sigma_in)
-            d_null = module.edm.denoise(module._net(net, null, None), x_sigma, sigma, sigma_in)
+            d_cond = module.edm.denoise(module.conditioned(net, cond, None), x_sigma, sigma, sigma_in)
+            d_null = module.edm.denoise(module.conditioned(net, null, None), x_sigma, sigma, sigma_in)
             error = d_cond - x
             terms[f"denoise/mse_sigma_{s:g}"] = error.pow(2).mean((1, 2, 3, 4))
             terms[f"denoise/caption_effect_sigma_{s:g}"] = (d_cond - d_null).abs().mean((1, 2, 3, 4))
@@ -131,7 +131,7 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
         for s in schedule.tolist():
             sigma = torch.full((b,), s, device=module.device)
             x_sigma = module.edm.noise(x, sigma, eps, sigma_in)
-            d_chain, latents = module.edm.denoise(module._net(net, cond, latents), x_sigma, sigma, sigma_in,
+            d_chain, latents = module.edm.denoise(module.conditioned(net, cond, latents), x_sigma, sigma, sigma_in,
                                                   return_state=True)
             chain_mse.append((d_chain - x).pow(2).mean((1, 2, 3, 4)))
         for s, step in zip(sigmas, nearest):

@@ -369,11 +369,9 @@ def _check_sample_options(args: argparse.Namespace, prompts: list[str]) -> None:
 def _run_sample(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    import torch
     from tqdm import tqdm
 
-    from .callbacks import gif_bytes, video_grid_frames
-    from .data.video import crop_padding, to_uint8, write_video
+    from .generation import generate_videos, write_grid, write_videos
 
     prompts = _read_prompts(args)
     _check_sample_options(args, prompts)  # before the checkpoint loads: clear errors first
@@ -383,22 +381,14 @@ def _run_sample(args: argparse.Namespace) -> None:
     folder = out.parent if single else out
     folder.mkdir(parents=True, exist_ok=True)
     fps = args.fps if args.fps is not None else module.cfg.logging.sample_fps or module.cfg.data.val_fps
-    videos = []
     bar = tqdm(total=len(prompts) * args.steps, desc="sampling", unit="step")
-    for start in range(0, len(prompts), args.batch_size):
-        chunk = prompts[start : start + args.batch_size]
-        video = module.generate(chunk, steps=args.steps, cfg_scale=args.cfg, seed=args.seed + start,
-                                solver=args.solver, threshold_percentile=args.threshold,
-                                oscillate_low=args.oscillate_low, fps=args.fps, use_ema=not args.raw_weights,
-                                callback=lambda i, n, t, x, k=len(chunk): bar.update(k))
-        videos.append(crop_padding(video, tuple(module.cfg.data.size)))
+    videos = generate_videos(module, prompts, args.steps, args.cfg, args.seed, args.batch_size, progress=bar.update,
+                             solver=args.solver, threshold_percentile=args.threshold, oscillate_low=args.oscillate_low,
+                             fps=args.fps, use_ema=not args.raw_weights)
     bar.close()
-    videos = torch.cat(videos)
     paths = [out] if single else [folder / f"{i:03d}.mp4" for i in range(len(prompts))]
-    for path, video in zip(paths, videos):
-        write_video(path, to_uint8(video), fps=fps if fps != float("inf") else 8.0)
-    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    (folder / "grid.gif").write_bytes(gif_bytes(video_grid_frames(videos), fps=min(float(fps), 30.0)))
+    write_videos(videos, paths, fps)
+    write_grid(folder / "grid.gif", videos, prompts, fps=min(float(fps), 30.0))
     print(f"wrote {len(paths)} video(s) and {folder / 'grid.gif'}")
 
 

@@ -170,10 +170,10 @@ class Check:
         """Train both CPU ablation recipes for a fixed wall clock each, sample, evaluate, compare."""
         import torch
 
-        from .callbacks import gif_bytes, video_grid_frames
         from .config import load_config
         from .data.datasets import generate_shapes
-        from .metrics.evaluate import evaluate_checkpoint, generate_videos, probe_for, validation_prompts
+        from .generation import evaluation_videos, validation_prompts, write_grid
+        from .metrics.evaluate import evaluate_checkpoint, probe_for
         from .module import load_module
         from .report import compare_runs
         from .train import fit
@@ -227,8 +227,8 @@ class Check:
                      f"(max_time {cfg.trainer.max_time}), val loss {summary['final_val_loss']}")
             module = load_module(str(run_dir / "checkpoints" / "last.ckpt")).to(device)
             prompts = validation_prompts(cfg.data.root, cfg.data.manifest, min(8, s.eval_videos))
-            videos = generate_videos(module, prompts, s.eval_steps, 2.0, seed=0, batch_size=8)
-            (self.out / f"ablation_{kind}_samples.gif").write_bytes(gif_bytes(video_grid_frames(videos)))
+            videos = evaluation_videos(module, prompts, s.eval_steps, 2.0, seed=0, batch_size=8)
+            write_grid(self.out / f"ablation_{kind}_samples.gif", videos)
             metrics = evaluate_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), s.eval_videos, s.eval_steps,
                                           batch_size=16, probe_cache=probe_cache, out=str(run_dir / "metrics.json"),
                                           progress=False, probe_kwargs=probe_kwargs, module=module)

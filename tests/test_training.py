@@ -106,6 +106,8 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
     assert any(t.startswith("train/loss_sigma_q") for t in scalars)
     images = events.Images("samples/grid")
     assert images and images[-1].encoded_image_string[:6] in (b"GIF87a", b"GIF89a")
+    legend = events.SummaryMetadata("samples/grid").summary_description  # the grid names its prompts
+    assert "1. a red circle moving left on a black background" in legend
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["final_val_loss"] > 0 and summary["train_ms_per_video"] > 0
     assert summary["clip"] == [cfg.data.frames, *cfg.data.pad_to]

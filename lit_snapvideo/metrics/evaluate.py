@@ -20,36 +20,9 @@ import torch
 
 from ..data.datasets import is_shapes_caption, load_records
 from ..data.video import crop_padding
+from ..generation import evaluation_videos, validation_prompts
 
 log = logging.getLogger(__name__)
-
-
-def validation_prompts(root: str, manifest: Optional[str], n: int) -> list[str]:
-    """``n`` validation captions, repeated as needed. For the moving-shapes set, its one-object video captions
-    (ground truth for the probe); for any other data set, its video captions (the stills' if it has no video)."""
-    train, val = load_records(root, manifest)
-    if all(is_shapes_caption(r.caption) for r in train + val):
-        captions = [r.caption for r in val if not r.is_image and " and a " not in r.caption]
-        if not captions:
-            raise ValueError(f"{root}: no one-object validation video captions to evaluate with")
-    else:
-        captions = [r.caption for r in val if not r.is_image] or [r.caption for r in val]
-        if not captions:
-            raise ValueError(f"{root}: no validation records to take prompts from")
-    return (captions * (n // len(captions) + 1))[:n]
-
-
-def generate_videos(module: Any, prompts: Sequence[str], steps: int, cfg_scale: float, seed: int, batch_size: int,
-                    progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
-    """(N, 3, T, h, w) samples in [-1, 1], padding cropped, ``batch_size`` prompts per sampler call."""
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        video = module.generate(chunk, steps=steps, cfg_scale=cfg_scale, seed=seed * 100_003 + start)
-        out.append(crop_padding(video, tuple(module.cfg.data.size)).cpu())
-        if progress:
-            progress(len(chunk))
-    return torch.cat(out)
 
 
 def probe_for(cfg: Any, cache_dir: str = ".cache/probe", **train_kwargs: Any) -> Any:
@@ -174,8 +147,8 @@ def evaluate_checkpoint(
     module = module if module is not None else load_module(checkpoint)  # the CLI has loaded it already
     cfg = module.cfg
     prompts = validation_prompts(cfg.data.root, cfg.data.manifest, num_videos)
-    bar = tqdm(total=len(prompts) * len(seeds), desc="evaluate: sampling", unit="video", disable=not progress)
-    sets = [generate_videos(module, prompts, steps, cfg_scale, s, batch_size, bar.update) for s in seeds]
+    bar = tqdm(total=len(prompts) * len(seeds) * steps, desc="evaluate: sampling", unit="step", disable=not progress)
+    sets = [evaluation_videos(module, prompts, steps, cfg_scale, s, batch_size, bar.update) for s in seeds]
     bar.close()
     metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "num_videos": len(prompts), "seeds": list(seeds),
                                "steps": steps, "cfg_scale": cfg_scale,

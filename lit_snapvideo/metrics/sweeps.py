@@ -112,7 +112,7 @@ def run_sweep(checkpoints: Sequence[str], kind: str, values: Optional[Sequence[f
     """Sweep ``kind`` ("cfg": the guidance weight at ``steps`` Heun steps; "steps": the step count at ``cfg_scale``)
     for each checkpoint; writes OUT_DIR/sweep_<kind>.{csv,png} and returns the rows."""
     from ..module import load_module
-    from .evaluate import generate_videos, validation_prompts
+    from ..generation import evaluation_videos, validation_prompts
 
     if kind not in SWEEPS:
         raise ValueError(f"unknown sweep {kind!r}; valid: {', '.join(SWEEPS)}")
@@ -130,7 +130,7 @@ def run_sweep(checkpoints: Sequence[str], kind: str, values: Optional[Sequence[f
         for value in points:
             w, n = (float(value), steps) if kind == "cfg" else (cfg_scale, int(value))
             started = time.perf_counter()
-            videos = generate_videos(module, prompts, n, w, seed, batch_size)  # same prompts and seed at every point
+            videos = evaluation_videos(module, prompts, n, w, seed, batch_size)  # same prompts and seed at every point
             row = {"run": run, "preset": module.cfg.model.preset, "sweep": kind, "cfg_scale": w, "steps": n,
                    "num_videos": len(prompts), "seed": seed, **score(videos, prompts)}
             row["seconds"] = time.perf_counter() - started

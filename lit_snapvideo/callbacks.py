@@ -234,7 +234,7 @@ class SampleQuality(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, module: Any) -> None:
         from .data.datasets import is_shapes_caption, load_records
-        from .metrics.evaluate import probe_for
+        from .metrics.probe import probe_for  # lazy: metrics/ loads only when quality is logged
 
         if not trainer.is_global_zero:  # rank 0 scores (probe_for may train and cache the probe: one writer)
             return
@@ -250,7 +250,7 @@ class SampleQuality(L.Callback):
         if trainer.global_step == self.last_step or self.probe is None:
             return
         self.last_step = trainer.global_step
-        from .metrics.evaluate import probe_metrics
+        from .metrics.probe import probe_metrics
 
         videos = evaluation_videos(module, self.prompts, self.steps, self.cfg_scale, self.seed, batch_size=8)
         metrics = probe_metrics(self.probe, videos, self.prompts)

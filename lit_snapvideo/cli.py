@@ -193,7 +193,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     import json
     import math
 
-    from .metrics.evaluate import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint
 
     if args.num_videos < 1 or args.steps < 1:
         raise UserError(f"--num-videos and --steps must be >= 1 (got {args.num_videos}, {args.steps})")
@@ -240,7 +240,7 @@ def _run_probe(args: argparse.Namespace) -> None:
     import logging
 
     from .config import load_config
-    from .metrics.evaluate import probe_for
+    from .metrics.probe import probe_for
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
@@ -506,7 +506,7 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    from .metrics.sweeps import CFG_WEIGHTS, CPU_MAX_STEPS, STEP_COUNTS
+    from .sweeps import CFG_WEIGHTS, CPU_MAX_STEPS, STEP_COUNTS
 
     p = sub.add_parser(
         "sweep", help="the paper's Fig. 5 (CFG weight) or Fig. 6 (sampling steps) sweep from checkpoints",
@@ -536,7 +536,7 @@ def _run_sweep(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .config import file_in_the_way
-    from .metrics.sweeps import run_sweep
+    from .sweeps import run_sweep
 
     if args.num_videos < 1 or args.steps < 1 or args.batch_size < 1:
         raise UserError(f"--num-videos, --steps and --batch-size must be >= 1 "

@@ -172,8 +172,9 @@ class Check:
 
         from .config import load_config
         from .data.datasets import generate_shapes
+        from .evaluate import evaluate_checkpoint
         from .generation import evaluation_videos, validation_prompts, write_grid
-        from .metrics.evaluate import evaluate_checkpoint, probe_for
+        from .metrics.probe import probe_for
         from .module import load_module
         from .report import compare_runs
         from .train import fit

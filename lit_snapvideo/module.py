@@ -26,9 +26,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-import pickle
-import re
 from typing import Any, Callable, Mapping, Optional
 
 import lightning as L
@@ -37,10 +34,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from .edm import SnapEDM
-from .errors import UserError
 from .models import registry
 from .models.presets import build_backbone, preset_kwargs
 from .models.text import NULL_CAPTION, TextEncoder
+from .safe_load import CheckpointError, load_checkpoint_file
 from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
 from .seeding import mix_seed, seeded_generator
 
@@ -57,10 +54,6 @@ UNSTORED_PREFIX = "text_encoder."
 
 class NonFiniteLossError(RuntimeError):
     """Raised after ``optim.max_nonfinite_steps`` consecutive non-finite losses."""
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that is refused (unsafe pickle, foreign or partial weights): one line naming the file."""
 
 
 Generators = torch.Generator | list[torch.Generator]
@@ -438,24 +431,6 @@ def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any], show: 
     parts = [f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} ({first(keys)})" for keys, what in
              ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape")) if keys]
     return ", ".join(parts) or None
-
-
-def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False,
-                         hint: str = "lit-snapvideo loads tensors and plain containers only") -> Any:
-    """``torch.load`` of tensors and plain containers only (``weights_only``): a pickle can run code on load.
-
-    Everything ``fit`` writes (tensors, dicts, lists, numbers, strings) is on torch's default allow-list, so no
-    extra global is allowed. A file that needs one raises :class:`CheckpointError` naming the file and the global.
-    Unreadable files raise torch's own errors (an UnpicklingError cut to one line)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:  # the weights-only unpickler stopped; torch's message is many lines
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found is None:  # not a torch.save pickle at all (a text file, a raw pickle): unreadable, not refused
-            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
-            raise pickle.UnpicklingError(detail.group(1) if detail else "weights-only load failed") from None
-        raise CheckpointError(f"{path}: refused: its pickle calls {found.group(1)}, which weights-only loading "
-                              f"does not allow (it could run code); {hint}") from None
 
 
 def load_module(checkpoint: str, map_location: str | torch.device = "cpu") -> EDMVideoModule:

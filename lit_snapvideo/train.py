@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from .callbacks import BestAndLastCheckpoint, DataTrace, SampleQuality, SampleVideos, SkippedFiles, Throughput, WallTime
 from .config import ConfigError, save_config
 from .data.datamodule import EDMDataModule
-from .module import CheckpointError, EDMVideoModule, load_checkpoint_file, module_for, state_dict_mismatch
+from .module import EDMVideoModule, module_for, state_dict_mismatch
 from .models.presets import forward_flops
+from .safe_load import CheckpointError, load_checkpoint_file
 
 log = logging.getLogger("lit_snapvideo")
 # the EMA backbone and the frozen text tower are meant to stay in eval mode during training

@@ -11,7 +11,8 @@ from torch import nn
 
 from lit_snapvideo.cli import main
 from lit_snapvideo.data.video import write_video
-from lit_snapvideo.metrics.evaluate import DENOISE_SIGMAS, denoising_check, evaluate_checkpoint, validation_prompts
+from lit_snapvideo.evaluate import DENOISE_SIGMAS, denoising_check, evaluate_checkpoint
+from lit_snapvideo.generation import validation_prompts
 
 
 class TinyI3D(nn.Module):

@@ -87,12 +87,12 @@ def test_lr_schedule_warmup_then_cosine(shapes_root, tmp_path):
 
 
 def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, monkeypatch):
-    from lit_snapvideo.metrics import evaluate, probe
+    from lit_snapvideo.metrics import probe
 
     # the real probe class, trained for a few steps only (the default recipe takes minutes)
     tiny_probe = probe.train_probe(shapes_root, frames=8, size=(16, 16), steps=3, batch_size=4, max_train=16,
                                    num_workers=0, work_dir=tmp_path / "probe")
-    monkeypatch.setattr(evaluate, "probe_for", lambda cfg, *a, **k: tiny_probe)
+    monkeypatch.setattr(probe, "probe_for", lambda cfg, *a, **k: tiny_probe)
     cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
         "trainer.max_steps": 4, "trainer.val_every_n_steps": 2, "logging.sample_every_n_steps": 2,
         "logging.experiment": "tb", "logging.quality_every_n_steps": 2, "logging.quality_num_videos": 2,

@@ -14,33 +14,21 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
-from ..data.datasets import is_shapes_caption, load_records
-from ..data.video import crop_padding
-from ..generation import evaluation_videos, validation_prompts
+from .data.datamodule import EDMDataModule
+from .data.datasets import is_shapes_caption, load_records
+from .data.video import crop_padding
+from .generation import evaluation_videos, validation_prompts
+from .metrics.probe import data_fingerprint, probe_for, probe_metrics
+from .models.text import NULL_CAPTION
+from .module import load_module
+from .sampling import karras_sigmas
+from .seeding import seeded_generator
 
 log = logging.getLogger(__name__)
-
-
-def probe_for(cfg: Any, cache_dir: str = ".cache/probe", **train_kwargs: Any) -> Any:
-    """The (cached) probe for a run's data set, at the run's clip shape and validation frame rate."""
-    from .probe import load_or_train_probe
-
-    return load_or_train_probe(cfg.data.root, cfg.data.manifest, cache_dir=cache_dir, frames=cfg.data.frames,
-                               size=list(cfg.data.size), val_fps=cfg.data.val_fps, **train_kwargs)
-
-
-def probe_metrics(probe: Any, videos: torch.Tensor, prompts: Sequence[str]) -> dict:
-    from .probe import probe_fvd, prompt_accuracy, temporal_consistency
-
-    metrics = {f"probe/{k}": v for k, v in prompt_accuracy(probe, videos, prompts).items()}
-    metrics["probe/fvd"] = probe_fvd(probe, videos)
-    metrics["probe/temporal_consistency"] = temporal_consistency(videos)
-    metrics["probe/real_temporal_consistency"] = probe.meta["reference"]["temporal_consistency"]
-    return metrics
 
 
 DENOISE_SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0, 80.0)  # from detail (0.3) to where the sampler starts (80)
@@ -67,12 +55,6 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
     the same clip and noise draw), taken at the schedule's sigma nearest ``s`` in log space. That is what FIT sees
     while sampling; training and the validation loss feed the latents of the same sigma instead. For a backbone
     without state it equals ``mse_sigma``."""
-    from ..data.datamodule import EDMDataModule
-    from ..models.text import NULL_CAPTION
-    from ..seeding import seeded_generator
-
-    from ..sampling import karras_sigmas
-
     d = module.cfg.diffusion
     schedule = karras_sigmas(chain_steps, d.sigma_min, d.sigma_max, d.rho)[:-1].float()  # drop the final 0
     nearest = [int((schedule.log() - math.log(s)).abs().argmin()) for s in sigmas]
@@ -142,8 +124,6 @@ def evaluate_checkpoint(
     and CLIPSIM (with their detector files) and the denoising check score the run."""
     from tqdm import tqdm
 
-    from ..module import load_module
-
     module = module if module is not None else load_module(checkpoint)  # the CLI has loaded it already
     cfg = module.cfg
     prompts = validation_prompts(cfg.data.root, cfg.data.manifest, num_videos)
@@ -169,27 +149,24 @@ def evaluate_checkpoint(
         log.warning("evaluate: probe metrics skipped: %s is not the moving-shapes set (caption %r); FVD, FID and "
                     "CLIPSIM score it with detector files", cfg.data.root, foreign)
     if fvd_detector or fid_detector:
-        from ..data.datamodule import EDMDataModule
-
         dm = EDMDataModule(cfg)
         dm.setup("validate")
         real = torch.cat([crop_padding(b["video"], tuple(cfg.data.size)) for b in dm.val_dataloader()])
     if fvd_detector:
-        from .fvd import FVD, real_stats_key
-        from .probe import data_fingerprint
+        from .metrics.fvd import FVD, real_stats_key
 
         fvd = FVD(fvd_detector, cache_dir=fvd_cache, num_videos=min(len(prompts), len(real)), frames=cfg.data.frames)
         key = real_stats_key(data_fingerprint(cfg.data.root, cfg.data.manifest), "val", len(real), cfg.data.frames,
                              cfg.data.size, cfg.data.val_fps)
         metrics.update(fvd.score(sets, fvd.real_stats(real, key=key)))
     if fid_detector:
-        from .fid import FID
+        from .metrics.fid import FID
 
         fid = FID(fid_detector)
         fid.update_real(real)
         metrics.update(fid.score(sets))
     if clip_model and clip_checkpoint:
-        from .clipsim import CLIPSim, clipsim
+        from .metrics.clipsim import CLIPSim, clipsim
 
         scorer = CLIPSim(clip_model, clip_checkpoint)
         values = [clipsim(scorer, [(videos, prompts)]) for videos in sets]

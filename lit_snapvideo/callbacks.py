@@ -233,7 +233,8 @@ class SampleQuality(L.Callback):
         self.last_step = -1
 
     def on_fit_start(self, trainer: L.Trainer, module: Any) -> None:
-        from .data.datasets import is_shapes_caption, load_records
+        from .data.datasets import load_records
+        from .data.shapes import is_shapes_caption
         from .metrics.probe import probe_for  # lazy: metrics/ loads only when quality is logged
 
         if not trainer.is_global_zero:  # rank 0 scores (probe_for may train and cache the probe: one writer)

@@ -6,7 +6,7 @@ the schemas below before any work starts; every problem becomes one :class:`Conf
 names the key, the file it came from and what was expected.
 
     cfg = load_config("experiments/ablation/fit.yaml", ["trainer.max_steps=200"])
-    cfg.model.preset            # -> "fit_small"
+    cfg.model.preset            # -> "fit_mini"
     save_config(cfg, run_dir)   # writes run_dir/config.yaml (the merged config)
 """
 

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .data.datasets import is_shapes_caption, load_records
+from .data.datasets import load_records
+from .data.shapes import is_shapes_caption
 from .data.video import crop_padding, to_uint8, write_video
 
 SEED_SPACING = 100_003  # evaluation seeds s and s + 1 start their chunks this far apart: no two share noise

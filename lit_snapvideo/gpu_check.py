@@ -171,7 +171,7 @@ class Check:
         import torch
 
         from .config import load_config
-        from .data.datasets import generate_shapes
+        from .data.shapes import generate_shapes
         from .evaluate import evaluate_checkpoint
         from .generation import evaluation_videos, validation_prompts, write_grid
         from .metrics.probe import probe_for
@@ -294,7 +294,7 @@ def throughput_markdown(rows: list[dict], s: CheckSettings, peak: Optional[dict]
         lines.append(f"- Hardware: {info['hardware']}; torch {info['torch']} ({info['threads']}), Python {info['python']}")
     lines += [f"- Clip {s.frames}x{s.size[0]}x{s.size[1]}, {s.precision}; sample phase: "
               + ", ".join(f"batch {b}: {n} Heun steps with CFG" for b, n in s.sample_steps.items())
-              + "; ms per video, median [IQR] of 5 repeats after 1 warm-up call (lit_snapvideo/bench.py).",
+              + "; ms per video, median [IQR] of 5 repeats after 1 warm-up call (lit_snapvideo/bench/timing.py).",
               "- Warm-up s: the untimed first call(s) of each phase; with torch.compile it holds the compilation, "
               "so compile time ~ compiled warm-up minus eager warm-up.",
               f"- MFU reference: {peak['label'] if peak else '-'}. Command: `make gpu-check`.", "",

@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .data.datamodule import EDMDataModule
-from .data.datasets import is_shapes_caption, load_records
+from .data.datasets import load_records
+from .data.shapes import is_shapes_caption
 from .data.video import crop_padding
 from .generation import evaluation_videos, validation_prompts
 from .metrics.probe import data_fingerprint, probe_for, probe_metrics

@@ -17,7 +17,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory):
     """A small moving-shapes set (real mp4 + png files), made once per test session."""
-    from lit_snapvideo.data.datasets import generate_shapes
+    from lit_snapvideo.data.shapes import generate_shapes
 
     root = tmp_path_factory.mktemp("shapes")
     generate_shapes(root, n_train=24, n_val=4, seed=0, workers=1)

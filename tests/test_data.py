@@ -15,7 +15,8 @@ from PIL import Image
 
 from lit_snapvideo.config import load_config
 from lit_snapvideo.data import DataError, EDMDataModule, crop_padding, generate_shapes, pad_video, parse_caption
-from lit_snapvideo.data.datasets import COLORS, DIRECTIONS, SHAPES, SIZES, JointSampler, make_caption
+from lit_snapvideo.data.datasets import JointSampler
+from lit_snapvideo.data.shapes import COLORS, DIRECTIONS, SHAPES, SIZES, make_caption
 from lit_snapvideo.data.video import read_video, write_video
 
 FRAMES, SIZE, PAD_TO = 16, (36, 64), (40, 64)

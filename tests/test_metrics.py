@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_snapvideo.data.datasets import generate_shapes, load_records
+from lit_snapvideo.data.datasets import load_records
+from lit_snapvideo.data.shapes import generate_shapes
 from lit_snapvideo.metrics import (
     FID, FVD, CLIPSim, Probe, clipsim, feature_stats, frechet_distance, load_or_train_probe, load_probe, probe_fvd,
     prompt_accuracy, save_probe, temporal_consistency,

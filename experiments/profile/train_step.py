@@ -23,8 +23,9 @@ def make_step(preset: str, batch: int, frames: int, size: tuple[int, int], chann
     """A closure running one training step (loss, backward, clip, AdamW) of ``preset``, as `bench` times it."""
     torch.manual_seed(0)
     module, forward = build_bench_module(preset, frames, size, "cpu")
-    if channels_last:
-        module.backbone.to(memory_format=torch.channels_last_3d)
+    if channels_last:  # only the 5-D (Conv3d) weights have a channels-last layout
+        for conv in (m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv3d)):
+            conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last_3d)
     module.backbone.train()
     optimizer = module.configure_optimizers()["optimizer"]
     params = [p for p in module.backbone.parameters() if p.requires_grad]
@@ -60,13 +61,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--out", default="results/profile")
+    parser.add_argument("--skip-profile", action="store_true", help="only time the variants")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     frames, size = 16, (40, 64)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for preset in ("fit_small", "unet_small"):
+    for preset in ([] if args.skip_profile else ["fit_small", "unet_small"]):
         step = make_step(preset, args.batch, frames, size)
         step(), step()
         with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:

@@ -30,7 +30,8 @@ import lightning as L
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, default_collate
 
-from .datasets import EMBEDDED_ROOTS, ClipDataset, JointSampler, SkipLog, generate_shapes, load_records
+from .datasets import ClipDataset, JointSampler, SkipLog, load_records
+from .shapes import EMBEDDED_ROOTS, generate_shapes
 from .video import pad_video
 
 log = logging.getLogger(__name__)

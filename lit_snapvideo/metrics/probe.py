@@ -39,7 +39,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.datasets import COLORS, DIRECTIONS, SHAPES, ClipDataset, Record, SkipLog, load_records, parse_caption
+from ..data.datasets import ClipDataset, Record, SkipLog, load_records
+from ..data.shapes import COLORS, DIRECTIONS, SHAPES, parse_caption
 from ..data.video import crop_padding
 from ..safe_load import CheckpointError, load_checkpoint_file
 from .frechet import GaussianStats, feature_stats, frechet_distance_from_stats

@@ -22,38 +22,20 @@ FlopCounterMode on the meta device (a multiply-add counts 2).
 
 FIT-500M needs 2.7x fewer FLOPs per video than U-Net-284M; the paper measures 3.3x faster training (Table 2).
 
-The small presets are the CPU pair at the paper's clip size (``make bench``): the same architecture families,
-narrow and shallow, at matched forward FLOPs (1.3-1.5 GFLOPs per video).
+The small presets are the CPU pair at the paper's clip (``make bench``): the same architecture families, narrow and
+shallow, at matched forward FLOPs (1.3-1.5 GFLOPs per video).
 * fit_small keeps the paper's layout: patch 1x4x4, groups 16x5x4 patches (8 groups), 256 latents (32 per group),
-  2 blocks x 2 global layers. Its 2,560 patch tokens cost most, so the patch side is narrow (64) and the
-  latent side wider (128); cond width 128.
-* unet_small keeps Table 7's 4-level ADM shape at 8 base channels (mult 1,1,2,4; one ResBlock per level)
-  with attention at downsample factors 4 and 8 (resolutions [16, 8]); factor 2 (20x32 maps, 640 tokens per
-  frame) would more than double its cost. Every full-resolution layer of a U-Net costs ~0.1-0.4 GFLOPs per
-  video, so narrow is the only way to its budget.
-* Dropout is 0 in both (0.1 in the paper presets): dropout masks on the large activations cost as much as
-  the small presets' matmuls on this CPU (FIT-small step 2.1 s with dropout 0.1 against 0.8 s without, same
-  load), and a 2,000-step ablation is far from overfitting. ``model.overrides.dropout=0.1`` turns it back on.
-* Measured train step, batch 8 of 16x40x64, fp32, forward + backward + Adam, on the shared 2-core CPU with
-  other jobs running (load ~2.6), 1 torch thread: fit_small 0.71 s (1.05 s with the no-grad self-conditioning
-  pass), unet_small 1.61 s; i.e. ~45 and ~20 GFLOP/s of training work. The U-Net's convolutions, GroupNorms
-  and element-wise ops over narrow full-resolution maps are memory bound. With 2 torch threads the same steps
-  took 3.4 s and 6.0 s: on a busy machine the OpenMP threads wait on each other, so train with 1 thread there.
+  2 blocks x 2 global layers; the patch side narrow (64), the latent side wider (128).
+* unet_small keeps Table 7's 4-level ADM shape at 8 base channels (mult 1,1,2,4; one ResBlock per level), with
+  attention at downsample factors 4 and 8.
+* Dropout is 0 in both (0.1 in the paper presets): on this CPU the dropout masks cost as much as the matmuls.
+  ``model.overrides.dropout=0.1`` turns it back on.
 
-The mini presets are the CPU ablation pair (experiments/ablation/), on 8-frame 24x40 clips: at 16 x 40 x 64 a
-20-minute run saw 6,400 videos and neither small preset drew recognisable samples.
-* fit_mini is fit_small's layout at that clip: patch 1x4x4, groups 8x3x5 patches (4 groups of 120), 128 latents
-  (32 per group, as in fit_small), learned positional table for 8 x 6 x 10 patches. With patch_dim 128 (0.85
-  GFLOPs) the ablation's validation loss was 0.274 against 0.295 after 1,600 steps of batch 16, in 958 s against
-  777 s, and the samples were the same 4x4-patch noise over the prompted background; so the patch side stays 64.
-* unet_mini is unet_small plus Table 7's attention at downsample factor 2 (12x20 maps; +23% FLOPs at this size)
-  and ``pooled_text``: the mean text token also enters every ResBlock's scale-shift embedding (Imagen). With
-  cross-attention alone, 1,000 steps of batch 16 (1 thread) drew the prompted background for 1 of the 4 sample
-  prompts and no prompted object colour; with both changes, the prompted background for 4 of 4, red and green
-  objects where asked, a cyan one for "blue" and none for "yellow" (the two changes were not measured apart).
-* The pair is not FLOP-matched at this clip (0.53 against 0.31 GFLOPs; with 64 latents FIT would be 0.31): the
-  latent side is a fixed cost that the small clip no longer hides. Measured on an idle 2-core CPU, 2 threads,
-  batch 16: fit_mini 0.42 s, unet_mini 0.62 s per training step.
+The mini presets are the CPU ablation pair (experiments/ablation/), on 8-frame 24x40 clips.
+* fit_mini is fit_small's layout at that clip (groups 8x3x5 patches, 128 latents) plus two of FIT's small-scale
+  options, ``patch_conv`` and ``sigma_modulation`` (results/fit_cpu_screen.md).
+* unet_mini is unet_small plus attention at downsample factor 2 and ``pooled_text`` (Imagen).
+Why each size and option, with the measurements: docs/decisions.md ("The CPU presets").
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ Sample videos go into TensorBoard as animated GIFs inside an *image* summary (Te
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import resource
 import statistics
@@ -19,10 +18,9 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor
+
+from .generation import evaluation_videos, generate_videos, grid_legend, validation_prompts, write_grid
 
 log = logging.getLogger(__name__)
 
@@ -65,46 +63,25 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self._save_last_if_stale(trainer)
 
 
-# ---- GIFs -----------------------------------------------------------------------------------------
+# ---- sample GIFs ----------------------------------------------------------------------------------
 
 
-def video_grid_frames(videos: Tensor, columns: Optional[int] = None, scale: int = 2, border: int = 2) -> list[Image.Image]:
-    """(B, 3, T, H, W) in [-1, 1] -> T PIL frames of a grid of the B videos (upscaled ``scale``x, nearest)."""
-    b, _, t, h, w = videos.shape
-    columns = columns or min(b, 4)
-    rows = (b + columns - 1) // columns
-    v = ((videos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    canvas = torch.full((t, 3, rows * (h + border) + border, columns * (w + border) + border), 255, dtype=torch.uint8)
-    for i in range(b):
-        r, c = divmod(i, columns)
-        y, x = border + r * (h + border), border + c * (w + border)
-        canvas[:, :, y : y + h, x : x + w] = v[i].permute(1, 0, 2, 3)
-    frames = canvas.permute(0, 2, 3, 1).numpy()
-    out = []
-    for f in frames:
-        img = Image.fromarray(np.ascontiguousarray(f))
-        out.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img)
-    return out
-
-
-def gif_bytes(frames: list[Image.Image], fps: float = 8.0) -> bytes:
-    buf = io.BytesIO()
-    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    return buf.getvalue()
-
-
-def add_gif_summary(writer: Any, tag: str, data: bytes, size: tuple[int, int], step: int) -> None:
-    """Write encoded GIF bytes as a TensorBoard image summary (what torch's add_video does, minus moviepy)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
+def add_gif_summary(writer: Any, tag: str, data: bytes, size: tuple[int, int], step: int,
+                    description: str = "") -> None:
+    """Write encoded GIF bytes as a TensorBoard image summary (what torch's add_video does, minus moviepy);
+    ``description`` (markdown) is shown with the image, e.g. the prompts of a sample grid."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 
     width, height = size
     image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=data)
-    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    metadata = SummaryMetadata(summary_description=description)
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image, metadata=metadata)]), step)
 
 
 class SampleVideos(L.Callback):
     """Every ``every_n_steps`` (and at the end of training) sample the fixed prompts with fixed seeds from the EMA
-    weights, write ``samples/step_<6-digit step>.gif`` in the run directory and a GIF image summary ``samples/grid``."""
+    weights, write ``samples/step_<6-digit step>.gif`` (and ``samples/prompts.txt``) in the run directory and a GIF
+    image summary ``samples/grid`` whose description lists the prompts in grid order."""
 
     def __init__(self, every_n_steps: int, prompts: list[str], steps: int, cfg_scale: float, seed: int,
                  out_dir: str | Path) -> None:
@@ -118,21 +95,16 @@ class SampleVideos(L.Callback):
         if trainer.global_step == self.last_step or not self.prompts or not trainer.is_global_zero:
             return
         self.last_step = trainer.global_step
-        from .data.video import crop_padding
-
         start = time.perf_counter()
-        videos = module.generate(self.prompts, steps=self.steps, cfg_scale=self.cfg_scale, seed=self.seed)
+        videos = generate_videos(module, self.prompts, self.steps, self.cfg_scale, self.seed,
+                                 batch_size=len(self.prompts))
         evals = 2 * self.steps - 1
         self.infer_ms_per_video_per_eval.append(1000 * (time.perf_counter() - start) / (len(self.prompts) * 2 * evals))
-        videos = crop_padding(videos, tuple(module.cfg.data.size))
-        frames = video_grid_frames(videos)
-        data = gif_bytes(frames)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / f"step_{trainer.global_step:06d}.gif").write_bytes(data)
-        (self.out_dir / "prompts.txt").write_text("\n".join(self.prompts) + "\n")
+        data, size = write_grid(self.out_dir / f"step_{trainer.global_step:06d}.gif", videos, self.prompts)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                add_gif_summary(logger.experiment, "samples/grid", data, frames[0].size, trainer.global_step)
+                add_gif_summary(logger.experiment, "samples/grid", data, size, trainer.global_step,
+                                description=grid_legend(self.prompts))
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.every > 0 and trainer.global_step % self.every == 0 and trainer.global_step > 0:
@@ -263,7 +235,7 @@ class SampleQuality(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, module: Any) -> None:
         from .data.datasets import load_records
         from .data.shapes import is_shapes_caption
-        from .metrics.evaluate import probe_for, validation_prompts
+        from .metrics.probe import probe_for  # lazy: metrics/ loads only when quality is logged
 
         if not trainer.is_global_zero:  # rank 0 scores (probe_for may train and cache the probe: one writer)
             return
@@ -279,9 +251,9 @@ class SampleQuality(L.Callback):
         if trainer.global_step == self.last_step or self.probe is None:
             return
         self.last_step = trainer.global_step
-        from .metrics.evaluate import generate_videos, probe_metrics
+        from .metrics.probe import probe_metrics
 
-        videos = generate_videos(module, self.prompts, self.steps, self.cfg_scale, self.seed, batch_size=8)
+        videos = evaluation_videos(module, self.prompts, self.steps, self.cfg_scale, self.seed, batch_size=8)
         metrics = probe_metrics(self.probe, videos, self.prompts)
         values = {"quality/prompt_accuracy": metrics["probe/prompt_accuracy"],
                   "quality/probe_fvd": metrics["probe/fvd"],

@@ -195,7 +195,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     import json
     import math
 
-    from .metrics.evaluate import evaluate_checkpoint
+    from .evaluate import evaluate_checkpoint
 
     if args.num_videos < 1 or args.steps < 1:
         raise UserError(f"--num-videos and --steps must be >= 1 (got {args.num_videos}, {args.steps})")
@@ -242,7 +242,7 @@ def _run_probe(args: argparse.Namespace) -> None:
     import logging
 
     from .config import load_config
-    from .metrics.evaluate import probe_for
+    from .metrics.probe import probe_for
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
@@ -371,11 +371,9 @@ def _check_sample_options(args: argparse.Namespace, prompts: list[str]) -> None:
 def _run_sample(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    import torch
     from tqdm import tqdm
 
-    from .callbacks import gif_bytes, video_grid_frames
-    from .data.video import crop_padding, to_uint8, write_video
+    from .generation import generate_videos, write_grid, write_videos
 
     prompts = _read_prompts(args)
     _check_sample_options(args, prompts)  # before the checkpoint loads: clear errors first
@@ -385,22 +383,14 @@ def _run_sample(args: argparse.Namespace) -> None:
     folder = out.parent if single else out
     folder.mkdir(parents=True, exist_ok=True)
     fps = args.fps if args.fps is not None else module.cfg.logging.sample_fps or module.cfg.data.val_fps
-    videos = []
     bar = tqdm(total=len(prompts) * args.steps, desc="sampling", unit="step")
-    for start in range(0, len(prompts), args.batch_size):
-        chunk = prompts[start : start + args.batch_size]
-        video = module.generate(chunk, steps=args.steps, cfg_scale=args.cfg, seed=args.seed + start,
-                                solver=args.solver, threshold_percentile=args.threshold,
-                                oscillate_low=args.oscillate_low, fps=args.fps, use_ema=not args.raw_weights,
-                                callback=lambda i, n, t, x, k=len(chunk): bar.update(k))
-        videos.append(crop_padding(video, tuple(module.cfg.data.size)))
+    videos = generate_videos(module, prompts, args.steps, args.cfg, args.seed, args.batch_size, progress=bar.update,
+                             solver=args.solver, threshold_percentile=args.threshold, oscillate_low=args.oscillate_low,
+                             fps=args.fps, use_ema=not args.raw_weights)
     bar.close()
-    videos = torch.cat(videos)
     paths = [out] if single else [folder / f"{i:03d}.mp4" for i in range(len(prompts))]
-    for path, video in zip(paths, videos):
-        write_video(path, to_uint8(video), fps=fps if fps != float("inf") else 8.0)
-    (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    (folder / "grid.gif").write_bytes(gif_bytes(video_grid_frames(videos), fps=min(float(fps), 30.0)))
+    write_videos(videos, paths, fps)
+    write_grid(folder / "grid.gif", videos, prompts, fps=min(float(fps), 30.0))
     print(f"wrote {len(paths)} video(s) and {folder / 'grid.gif'}")
 
 
@@ -439,7 +429,7 @@ def _run_models(args: argparse.Namespace) -> None:
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    from .metrics.sweeps import CFG_WEIGHTS, CPU_MAX_STEPS, STEP_COUNTS
+    from .sweeps import CFG_WEIGHTS, CPU_MAX_STEPS, STEP_COUNTS
 
     p = sub.add_parser(
         "sweep", help="the paper's Fig. 5 (CFG weight) or Fig. 6 (sampling steps) sweep from checkpoints",
@@ -469,7 +459,7 @@ def _run_sweep(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .config import file_in_the_way
-    from .metrics.sweeps import run_sweep
+    from .sweeps import run_sweep
 
     if args.num_videos < 1 or args.steps < 1 or args.batch_size < 1:
         raise UserError(f"--num-videos, --steps and --batch-size must be >= 1 "

@@ -47,7 +47,8 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class ModelConfig:
-    """Which backbone to build: a named preset from ``models/presets.py`` plus keyword overrides."""
+    """Which backbone to build: a named preset from ``models/presets.py`` (or a backbone kind of
+    ``models/registry.py`` at its constructor defaults) plus keyword overrides."""
 
     preset: str = "fit_small"
     overrides: Dict[str, Any] = field(default_factory=dict)  # constructor kwargs replacing the preset's
@@ -397,12 +398,13 @@ def backbone_problem(preset: str, overrides_json: str, frames: int, height: int,
     import torch
 
     from .models.presets import PRESETS, build_backbone, example_inputs
+    from .models.registry import BACKBONES
 
     overrides = json.loads(overrides_json)
     try:
         model = build_backbone(preset, text_dim=8, overrides=overrides, device="meta")  # any text width will do
     except (TypeError, ValueError) as err:
-        key = "model.preset" if preset not in PRESETS else "model.overrides"
+        key = "model.overrides" if preset in PRESETS or preset in BACKBONES else "model.preset"
         return f"bad value for '{key}': {str(err).splitlines()[0]}"
     x, c_noise, cond = example_inputs(1, frames, (height, width), text_len=1, text_dim=8, device="meta")
     try:

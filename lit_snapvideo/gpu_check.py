@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from . import paper
 from .bench import (PHASES, THROUGHPUT_COLUMNS, BenchSettings, hardware_info, measure_all, plan_preset,
                     reference_peak, speedups, write_csv)
 from .report import fmt
@@ -42,7 +43,8 @@ CHECK_COLUMNS = THROUGHPUT_COLUMNS + [f"{p}_warmup_s" for p in PHASES]
 PROMISED = ("gpu_check.md", "gpu_check.json", "gpu_check.log", "throughput_b8_b64.csv", "throughput_b8_b64.md",
             "ablation.md", "ablation_fit_samples.gif", "ablation_unet_samples.gif")
 NOT_MEASURED = ("Not measured yet: nothing here ran on a GPU. `make gpu-check` on a GPU machine replaces this file "
-                "with the batch-8 and batch-64 numbers and the FIT/U-Net ratios beside the paper's 3.31x / 4.49x.")
+                f"with the batch-8 and batch-64 numbers and the FIT/U-Net ratios beside the paper's "
+                f"{paper.speedup('train_ms'):.2f}x / {paper.speedup('infer_ms'):.2f}x.")
 
 
 @dataclass
@@ -168,10 +170,11 @@ class Check:
         """Train both CPU ablation recipes for a fixed wall clock each, sample, evaluate, compare."""
         import torch
 
-        from .callbacks import gif_bytes, video_grid_frames
         from .config import load_config
         from .data.shapes import generate_shapes
-        from .metrics.evaluate import evaluate_checkpoint, generate_videos, probe_for, validation_prompts
+        from .evaluate import evaluate_checkpoint
+        from .generation import evaluation_videos, validation_prompts, write_grid
+        from .metrics.probe import probe_for
         from .module import load_module
         from .report import compare_runs
         from .train import fit
@@ -225,8 +228,8 @@ class Check:
                      f"(max_time {cfg.trainer.max_time}), val loss {summary['final_val_loss']}")
             module = load_module(str(run_dir / "checkpoints" / "last.ckpt")).to(device)
             prompts = validation_prompts(cfg.data.root, cfg.data.manifest, min(8, s.eval_videos))
-            videos = generate_videos(module, prompts, s.eval_steps, 2.0, seed=0, batch_size=8)
-            (self.out / f"ablation_{kind}_samples.gif").write_bytes(gif_bytes(video_grid_frames(videos)))
+            videos = evaluation_videos(module, prompts, s.eval_steps, 2.0, seed=0, batch_size=8)
+            write_grid(self.out / f"ablation_{kind}_samples.gif", videos)
             metrics = evaluate_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), s.eval_videos, s.eval_steps,
                                           batch_size=16, probe_cache=probe_cache, out=str(run_dir / "metrics.json"),
                                           progress=False, probe_kwargs=probe_kwargs, module=module)

@@ -3,12 +3,12 @@
     batch -> text encoder (frozen, cached) -> label dropout -> sigma ~ log-normal, eps ~ N(0, I)
           -> x_sigma = x / sigma_in + sigma eps -> edm (c_in, c_noise) -> backbone -> F -> w (F - c_nrm v)^2
 
-The two faces differ only where the paper makes them differ:
-- :class:`UNetModule`: AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01 (paper Tab. 9: "Adam"; decoupled decay, see PAPER_OPTIM); no latent state.
-- :class:`FITModule`: timm's LAMB, lr 5e-3, betas (0.9, 0.99), weight decay 0.01, and latent self-conditioning
-  (p = 0.9): a first forward pass without gradient gives latents, zeroed for 10% of the batch, that the trained
-  second pass receives (pix2seq's ``self_cond_by_masking``).
-``module_for(cfg)`` picks the face from the backbone preset; ``optim.*`` in the config overrides either default.
+The backbone's kind (``models/registry.py``) sets what differs between backbones: the paper's optimiser (Tab. 9:
+AdamW, lr 1e-4, betas (0.9, 0.999) for the U-Net; timm's LAMB, lr 5e-3, betas (0.9, 0.99) for FIT; weight decay 0.01)
+and latent self-conditioning (FIT, p = 0.9): a first forward pass without gradient gives latents, zeroed for 10% of
+the batch, that the trained second pass receives (pix2seq's ``self_cond_by_masking``). ``optim.*`` in the config
+overrides the optimiser. :class:`UNetModule` and :class:`FITModule` name the two paper kinds' modules;
+``module_for(cfg)`` picks the module of the configured preset (any registered kind).
 
 Determinism: a training example's random draws (sigma, eps, label dropout, self-conditioning mask) come from a
 generator seeded by (seed, the example's ``key``: its draw seed in the data stream), dropout inside the backbone from
@@ -26,9 +26,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-import pickle
-import re
 from typing import Any, Callable, Mapping, Optional
 
 import lightning as L
@@ -37,22 +34,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from .edm import SnapEDM
-from .errors import UserError
+from .models import registry
 from .models.presets import build_backbone, preset_kwargs
 from .models.text import NULL_CAPTION, TextEncoder
+from .safe_load import CheckpointError, load_checkpoint_file
 from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
+from .seeding import mix_seed, seeded_generator
 
 log = logging.getLogger(__name__)
 
-# The paper's optimiser per backbone (Tab. 9); ``optim.name/lr/betas`` set to a value override these.
-# The U-Net's "Adam, weight decay 0.01" is read as decoupled decay (AdamW): torch's Adam adds the decay to
-# the gradient, where Adam's normalisation turns it into a shrink of ~lr per step for any weight whose own gradient
-# is small. Measured on the CPU ablation (Adam lr 3e-3, 800 steps): every U-Net text cross-attention weight and the
-# text projection ended with norm < 5e-5, so the U-Net ignored the caption; FIT's attention queries fell to ~2e-4.
-PAPER_OPTIM = {
-    "unet": {"name": "adamw", "lr": 1e-4, "betas": (0.9, 0.999)},
-    "fit": {"name": "lamb", "lr": 5e-3, "betas": (0.9, 0.99)},
-}
 # fixed grid for the validation loss: comparable across runs and architectures (same sigmas, same noise); it
 # reaches diffusion.sigma_max, where the sampler starts (val/loss averages the grid; val/loss_low its sigmas <= 3)
 VAL_SIGMAS = (0.02, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -64,23 +54,6 @@ UNSTORED_PREFIX = "text_encoder."
 
 class NonFiniteLossError(RuntimeError):
     """Raised after ``optim.max_nonfinite_steps`` consecutive non-finite losses."""
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that is refused (unsafe pickle, foreign or partial weights): one line naming the file."""
-
-
-def mix_seed(*keys: int) -> int:
-    """One seed that is a pure function of ``keys`` (e.g. seed, step, rank)."""
-    value = 0
-    for k in keys:
-        value = (value * 1_000_003 + int(k)) % (2**63 - 1)
-    return value
-
-
-def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator seeded with :func:`mix_seed` of ``keys``."""
-    return torch.Generator(device=device).manual_seed(mix_seed(*keys))
 
 
 Generators = torch.Generator | list[torch.Generator]
@@ -104,13 +77,17 @@ class EDMVideoModule(L.LightningModule):
         text_encoder: an already-built text encoder; default builds ``cfg.text``.
     """
 
-    kind = "unet"  # which paper optimiser applies (overridden by the faces)
-    uses_self_conditioning = False
+    kind: Optional[str] = None  # a backbone kind of models/registry.py; None: the configured preset's
 
     def __init__(self, cfg: DictConfig | dict, backbone: Optional[nn.Module] = None,
                  text_encoder: Optional[TextEncoder] = None) -> None:
         super().__init__()
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        kind = backbone_kind(cfg)
+        if self.kind not in (None, kind):
+            raise ValueError(f"{type(self).__name__} trains '{self.kind}' backbones; model.preset={cfg.model.preset} "
+                             f"is a '{kind}'")
+        self.kind = kind
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         self.cfg = cfg
         self.edm = SnapEDM.from_config(cfg.diffusion)
@@ -129,6 +106,15 @@ class EDMVideoModule(L.LightningModule):
         self.unaveraged_videos = 0  # videos of this rank trained on since the last EMA update
         # torch.compile wraps the backbone only, kept outside the module tree so state_dict keys stay clean
         self.__dict__["_train_forward"] = torch.compile(self.backbone) if cfg.model.compile else self.backbone
+
+    @property
+    def spec(self) -> registry.Backbone:
+        """The registry entry of this module's backbone kind."""
+        return registry.backbone(self.kind)
+
+    @property
+    def uses_self_conditioning(self) -> bool:
+        return self.spec.self_conditioning
 
     # ---- conditioning ---------------------------------------------------------------------
 
@@ -160,7 +146,10 @@ class EDMVideoModule(L.LightningModule):
 
     # ---- the loss ---------------------------------------------------------------------------
 
-    def _net(self, backbone: Callable, cond: dict, self_cond: Optional[Tensor]) -> Callable:
+    @staticmethod
+    def conditioned(backbone: Callable, cond: dict, self_cond: Optional[Tensor] = None) -> Callable:
+        """``backbone`` with its conditioning bound: ``net(x_in (B,3,T,H,W), c_noise (B,)) -> (F, state)``, the
+        network that ``SnapEDM.denoise`` / ``.loss`` call; ``self_cond``: the latents of the previous call, or None."""
         return lambda x_in, c_noise: backbone(x_in, c_noise, cond, self_cond=self_cond)
 
     def diffusion_loss(self, batch: dict, generator: Generators, backbone: Optional[Callable] = None,
@@ -186,10 +175,10 @@ class EDMVideoModule(L.LightningModule):
             keep = (draw(generator, b, lambda n, g: torch.rand(n, generator=g)) < p).to(self.device)
             with torch.no_grad():  # first pass: latents only, no gradient (pix2seq / RIN)
                 x_sigma = self.edm.noise(video, sigma, eps, sigma_in)
-                _, state = self.edm.network_output(self._net(backbone, cond, None), x_sigma, sigma, sigma_in)
+                _, state = self.edm.network_output(self.conditioned(backbone, cond, None), x_sigma, sigma, sigma_in)
             if state is not None:
                 self_cond = state.detach() * keep.view(-1, *([1] * (state.ndim - 1))).to(state.dtype)
-        loss, info = self.edm.loss(self._net(backbone, cond, self_cond), video, sigma=sigma, eps=eps,
+        loss, info = self.edm.loss(self.conditioned(backbone, cond, self_cond), video, sigma=sigma, eps=eps,
                                    sigma_in=sigma_in)
         return loss.flatten(1).mean(1), info
 
@@ -315,7 +304,7 @@ class EDMVideoModule(L.LightningModule):
         state: dict = {"latents": None}
 
         def denoise_both(x2: Tensor, sigma2: Tensor) -> Tensor:
-            x_hat, latents = self.edm.denoise(self._net(net, cond, state["latents"]), x2.float(), sigma2.float(),
+            x_hat, latents = self.edm.denoise(self.conditioned(net, cond, state["latents"]), x2.float(), sigma2.float(),
                                               return_state=True)
             state["latents"] = latents
             return x_hat
@@ -333,7 +322,7 @@ class EDMVideoModule(L.LightningModule):
 
     def optimizer_settings(self) -> dict:
         """name, lr, betas after applying the paper default of this face to unset config values."""
-        o, paper = self.cfg.optim, PAPER_OPTIM[self.kind]
+        o, paper = self.cfg.optim, self.spec.optimizer
         return {"name": paper["name"] if o.name == "auto" else o.name,
                 "lr": paper["lr"] if o.lr is None else float(o.lr),
                 "betas": tuple(paper["betas"] if o.betas is None else o.betas)}
@@ -404,20 +393,25 @@ class UNetModule(EDMVideoModule):
     """The 3D U-Net baseline: AdamW (lr 1e-4, betas 0.9/0.999, decoupled wd 0.01) by default."""
 
     kind = "unet"
-    uses_self_conditioning = False
 
 
 class FITModule(EDMVideoModule):
     """Snap Video FIT: LAMB (lr 5e-3, betas 0.9/0.99, wd 0.01) and latent self-conditioning by default."""
 
     kind = "fit"
-    uses_self_conditioning = True
+
+
+def backbone_kind(cfg: DictConfig) -> str:
+    """The registered kind of the configured preset; ValueError for an unknown preset or kind."""
+    kind, _ = preset_kwargs(cfg.model.preset, OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    registry.backbone(kind)  # a preset of an unregistered kind: the error names the known ones
+    return kind
 
 
 def module_for(cfg: DictConfig) -> type[EDMVideoModule]:
-    """The module class for the configured backbone preset."""
-    kind, _ = preset_kwargs(cfg.model.preset, OmegaConf.to_container(cfg.model.overrides, resolve=True))
-    return FITModule if kind == "fit" else UNetModule
+    """The module class for the configured backbone preset: a paper kind's named class, else EDMVideoModule."""
+    kind = backbone_kind(cfg)
+    return next((face for face in (FITModule, UNetModule) if face.kind == kind), EDMVideoModule)
 
 
 def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any], show: int = 3) -> Optional[str]:
@@ -437,24 +431,6 @@ def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any], show: 
     parts = [f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} ({first(keys)})" for keys, what in
              ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape")) if keys]
     return ", ".join(parts) or None
-
-
-def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False,
-                         hint: str = "lit-snapvideo loads tensors and plain containers only") -> Any:
-    """``torch.load`` of tensors and plain containers only (``weights_only``): a pickle can run code on load.
-
-    Everything ``fit`` writes (tensors, dicts, lists, numbers, strings) is on torch's default allow-list, so no
-    extra global is allowed. A file that needs one raises :class:`CheckpointError` naming the file and the global.
-    Unreadable files raise torch's own errors (an UnpicklingError cut to one line)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:  # the weights-only unpickler stopped; torch's message is many lines
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found is None:  # not a torch.save pickle at all (a text file, a raw pickle): unreadable, not refused
-            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
-            raise pickle.UnpicklingError(detail.group(1) if detail else "weights-only load failed") from None
-        raise CheckpointError(f"{path}: refused: its pickle calls {found.group(1)}, which weights-only loading "
-                              f"does not allow (it could run code); {hint}") from None
 
 
 def load_module(checkpoint: str, map_location: str | torch.device = "cpu") -> EDMVideoModule:

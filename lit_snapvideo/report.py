@@ -12,14 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
-# Table 2 (A100, ms / video / GPU; 64x36, first stage). Quality on the paper's internal data set.
-PAPER_TABLE2 = [
-    {"model": "U-Net 85M", "params": 85e6, "fid": 8.21, "fvd": 45.94, "clipsim": 0.2319, "train_ms": 133.2, "infer_ms": 49.6},
-    {"model": "U-Net 284M", "params": 284e6, "fid": 4.90, "fvd": 23.76, "clipsim": 0.2391, "train_ms": 230.3, "infer_ms": 105.1},
-    {"model": "Snap Video FIT 500M", "params": 500e6, "fid": 3.07, "fvd": 27.79, "clipsim": 0.2459, "train_ms": 69.5, "infer_ms": 23.4},
-    {"model": "Snap Video FIT 3.9B", "params": 3.9e9, "fid": 2.51, "fvd": 12.31, "clipsim": 0.2579, "train_ms": 526.0, "infer_ms": 130.4},
-]
-
+from . import paper
 
 QUALITY_PREFIXES = ("probe/prompt", "probe/shape", "probe/color", "probe/direction", "probe/fvd", "probe/temporal",
                     "fvd", "fid", "clipsim")  # metrics.json keys that become columns (not its run settings)
@@ -102,13 +95,14 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:
         lines.append("")
         if f.get("train_ms_per_video") and u.get("train_ms_per_video"):
             lines.append(f"- Training speed-up FIT over U-Net (ours): {u['train_ms_per_video'] / f['train_ms_per_video']:.2f}x "
-                         f"(paper, FIT 500M vs U-Net 284M: 3.31x)")
+                         f"(paper, FIT 500M vs U-Net 284M: {paper.speedup('train_ms'):.2f}x)")
         if f.get("infer_ms_per_video_per_eval") and u.get("infer_ms_per_video_per_eval"):
             lines.append(f"- Inference speed-up FIT over U-Net (ours, per denoiser evaluation during sampling): "
-                         f"{u['infer_ms_per_video_per_eval'] / f['infer_ms_per_video_per_eval']:.2f}x (paper: 4.49x)")
+                         f"{u['infer_ms_per_video_per_eval'] / f['infer_ms_per_video_per_eval']:.2f}x "
+                         f"(paper: {paper.speedup('infer_ms'):.2f}x)")
     lines += ["", "Paper, Table 2 (A100, ms / video / GPU, internal data set at 64x36):", "",
               "| model | params | FID | FVD | CLIPSIM | train ms/video | infer ms/video |", "|---|---|---|---|---|---|---|"]
-    for p in PAPER_TABLE2:
+    for p in paper.TABLE2:
         lines.append(f"| {p['model']} | {human_count(p['params'])} | {p['fid']} | {p['fvd']} | {p['clipsim']} | "
                      f"{p['train_ms']} | {p['infer_ms']} |")
     lines += ["", "Validation loss: the Snap-EDM F-space loss on a fixed sigma grid with fixed noise, EMA weights "
@@ -118,14 +112,6 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:
     return write_markdown(lines, out)
 
 
-# Table 3 (FIT 500M, internal data set, 64x36): the diffusion-framework ablation. Keyed by our experiment names.
-PAPER_TABLE3 = {
-    "sigma_edm_original": {"row": "(i) original EDM", "sigma_data": 0.5, "sigma_in": "1.0", "fid": 6.58, "fvd": 39.95, "clipsim": 0.2370},
-    "sigma_sigma_data_0_5": {"row": "(ii) scaled, EDM sigma_data", "sigma_data": 0.5, "sigma_in": "4.0", "fid": 4.03, "fvd": 31.00, "clipsim": 0.2449},
-    "sigma_sigma_in_2": {"row": "(iii) reduced sigma_in", "sigma_data": 1.0, "sigma_in": "2.0", "fid": 4.45, "fvd": 34.89, "clipsim": 0.2428},
-    "sigma_images_not_videos": {"row": "(iv) images not as inf-fps videos", "sigma_data": 1.0, "sigma_in": "1 / 4.0", "fid": 3.50, "fvd": 24.88, "clipsim": 0.2469},
-    "sigma_ours": {"row": "Ours", "sigma_data": 1.0, "sigma_in": "4.0", "fid": 3.07, "fvd": 27.79, "clipsim": 0.2459},
-}
 SIGMA_METRICS = ("probe/prompt_accuracy", "probe/fvd", "probe/temporal_consistency")
 
 
@@ -138,13 +124,13 @@ def sigma_report(run_dirs: list[str | Path], out: str | Path) -> str:
              "Paper: FIT 500M on its internal data set.", "",
              "| row | sigma_data | sigma_in | steps | val loss* | prompt acc. | probe-FVD | temporal cons. | paper FID | paper FVD | paper CLIPSIM |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, paper in PAPER_TABLE3.items():
+    for name, published in paper.TABLE3.items():
         r = runs.get(name)
         m = r["metrics"] if r else {}
-        lines.append(f"| {paper['row']} | {paper['sigma_data']} | {paper['sigma_in']} | "
+        lines.append(f"| {published['row']} | {published['sigma_data']} | {published['sigma_in']} | "
                      f"{r['steps'] if r else 'not run'} | {fmt(r.get('final_val_loss') if r else None, 4)} | "
                      + " | ".join(fmt(m.get(k), 3) for k in SIGMA_METRICS)
-                     + f" | {paper['fid']} | {paper['fvd']} | {paper['clipsim']} |")
+                     + f" | {published['fid']} | {published['fvd']} | {published['clipsim']} |")
     lines += ["", "*The validation loss is each run's own training objective; it does not compare across rows with "
               "different sigma_data, sigma_in or framework. Compare rows by the probe metrics."]
     return write_markdown(lines, out)

@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from .callbacks import BestAndLastCheckpoint, DataTrace, SampleQuality, SampleVideos, SkippedFiles, Throughput, WallTime
 from .config import ConfigError, save_config
 from .data.datamodule import EDMDataModule
-from .module import CheckpointError, EDMVideoModule, load_checkpoint_file, module_for, state_dict_mismatch
+from .module import EDMVideoModule, module_for, state_dict_mismatch
 from .models.presets import forward_flops
+from .safe_load import CheckpointError, load_checkpoint_file
 
 log = logging.getLogger("lit_snapvideo")
 # the EMA backbone and the frozen text tower are meant to stay in eval mode during training
@@ -64,15 +65,14 @@ def resolve_precision(cfg: DictConfig) -> str:
 
 
 def train_flops_per_video(module: EDMVideoModule) -> Optional[float]:
-    """3x forward (forward + backward), plus one no-grad forward for FIT's self-conditioning pass."""
+    """FLOPs of a training step per video, as the backbone's kind counts them (models/registry.py)."""
     try:
         fwd = forward_flops(module.backbone, frames=module.cfg.data.frames, size=tuple(module.cfg.data.pad_to),
                             text_len=module.cfg.text.max_length, text_dim=module.text_encoder.dim)
     except Exception as err:  # FLOP counting is informative only: never stop a run for it
         log.warning("could not count FLOPs (%s); MFU will not be logged", err)
         return None
-    extra = 1 if module.uses_self_conditioning and module.cfg.optim.self_cond_prob > 0 else 0
-    return fwd * (3 + extra)
+    return module.spec.train_flops(fwd, module.cfg.optim.self_cond_prob)
 
 
 def set_cpu_threads(cfg: DictConfig) -> int:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from lit_snapvideo import paper
 from lit_snapvideo.bench import (SCALING_COLUMNS, THROUGHPUT_COLUMNS, BenchSettings, OverTimeBudget, estimate_memory,
                                  plan_preset, run_bench, run_scaling, speedups, time_repeats)
 from lit_snapvideo.cli import main
@@ -121,8 +122,8 @@ def test_speedups_use_paper_table2_ratios():
             {"preset": "unet_small", "train_ms": 25.0, "eval_ms": 9.0, "sample_ms": 90.0}]
     (ratio,) = speedups(rows)
     assert (ratio["train"], ratio["eval"], ratio["sample"]) == (2.5, 4.5, 3.0)
-    assert ratio["paper_train"] == pytest.approx(3.31, abs=0.005)  # 230.3 / 69.5 (FIT 500M vs U-Net 284M)
-    assert ratio["paper_eval"] == pytest.approx(4.49, abs=0.005)  # 105.1 / 23.4
+    assert ratio["paper_train"] == pytest.approx(paper.speedup("train_ms"))  # FIT 500M vs U-Net 284M
+    assert ratio["paper_eval"] == pytest.approx(paper.speedup("infer_ms"))
 
 
 @pytest.mark.parametrize("args, message", [

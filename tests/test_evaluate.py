@@ -11,7 +11,8 @@ from torch import nn
 
 from lit_snapvideo.cli import main
 from lit_snapvideo.data.video import write_video
-from lit_snapvideo.metrics.evaluate import DENOISE_SIGMAS, denoising_check, evaluate_checkpoint, validation_prompts
+from lit_snapvideo.evaluate import DENOISE_SIGMAS, denoising_check, evaluate_checkpoint
+from lit_snapvideo.generation import validation_prompts
 
 
 class TinyI3D(nn.Module):
@@ -74,7 +75,8 @@ def test_denoising_check_noise_leak_of_a_denoiser_that_outputs_c_skip_x_sigma(ti
     """With F = 0 the denoiser is D = c_skip x_sigma, x_sigma = x / s + sigma eps (paper Table 1: c_skip =
     s sd^2 / (s sigma^2 + sd^2)), so <D - x, eps> / <eps, eps> = c_skip sigma + (c_skip / s - 1) <x, eps> / <eps, eps>."""
     from lit_snapvideo.data.datamodule import EDMDataModule
-    from lit_snapvideo.module import load_module, seeded_generator
+    from lit_snapvideo.module import load_module
+    from lit_snapvideo.seeding import seeded_generator
 
     module = load_module(str(tiny_checkpoint))
     torch.nn.init.zeros_(module.ema_backbone.out_proj.weight)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lit_snapvideo import paper
 from lit_snapvideo.models.fit import FIT
 from lit_snapvideo.models.presets import (
     PAPER_PRESETS,
@@ -210,13 +211,17 @@ def test_paper_presets_match_their_names_on_meta(preset):
 
 
 def test_paper_hyperparameters_of_tables_7_and_8():
+    table8 = paper.TABLE8["fit_3_9b"]
     fit = build_backbone("fit_3_9b", 1024, device="meta")
-    assert (fit.patch_size, fit.group_size, fit.num_latents, fit.latent_dim) == ((1, 4, 4), (16, 5, 4), 768, 3072)
-    assert len(fit.blocks) == 6 and all(len(b.compute) == 4 for b in fit.blocks)
+    assert (fit.patch_size, fit.group_size, fit.num_latents, fit.latent_dim) == tuple(
+        table8[k] for k in ("patch_size", "group_size", "num_latents", "latent_dim"))
+    assert len(fit.blocks) == table8["num_blocks"] and all(len(b.compute) == table8["global_layers"] for b in fit.blocks)
     assert fit.layout(16, 40, 64) == ((16, 10, 16), (1, 2, 4))  # 2,560 patches in 8 groups (Table 8)
-    assert fit.blocks[0].compute[0].attn.heads == 3072 // 128
+    assert fit.blocks[0].compute[0].attn.heads == table8["latent_dim"] // table8["latent_head_dim"]
+    table7 = paper.TABLE7["unet_284m"]
     unet = build_backbone("unet_284m", 1024, device="meta")
-    assert unet.input_conv.out_channels == 192 and unet.levels == 4
+    assert unet.input_conv.out_channels == table7["base_channels"] * table7["channel_mult"][0]
+    assert unet.levels == len(table7["channel_mult"])
 
 
 def test_flops_per_video_from_module_equals_preset_and_scale_with_frames():

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lit_snapvideo import paper
 from lit_snapvideo.cli import main
 from lit_snapvideo.report import compare_runs, sigma_report
 
@@ -25,9 +26,12 @@ def test_compare_table2_layout_and_ratios(tmp_path):
     unet = _run(tmp_path, "unet", "unet", 150.0, 40.0)
     text = compare_runs([fit, unet], tmp_path / "ablation.md")
     assert "| fit | fit_small | 2.1M | 1000 steps | 1000 |" in text
-    assert "Training speed-up FIT over U-Net (ours): 3.00x (paper, FIT 500M vs U-Net 284M: 3.31x)" in text
-    assert "4.00x (paper: 4.49x)" in text
-    assert "| Snap Video FIT 500M | 500.0M | 3.07 | 27.79 | 0.2459 | 69.5 | 23.4 |" in text
+    assert ("Training speed-up FIT over U-Net (ours): 3.00x (paper, FIT 500M vs U-Net 284M: "
+            f"{paper.speedup('train_ms'):.2f}x)") in text
+    assert f"4.00x (paper: {paper.speedup('infer_ms'):.2f}x)" in text
+    row = paper.table2("fit_500m")
+    assert (f"| {row['model']} | 500.0M | {row['fid']} | {row['fvd']} | {row['clipsim']} | {row['train_ms']} | "
+            f"{row['infer_ms']} |") in text
     assert "probe/prompt_accuracy" in text and "0.5000" in text
     assert (tmp_path / "ablation.md").read_text() == text
 

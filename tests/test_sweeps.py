@@ -5,7 +5,7 @@ import csv
 import pytest
 
 from lit_snapvideo.cli import main
-from lit_snapvideo.metrics.sweeps import COLUMNS, CPU_MAX_STEPS, run_sweep, sweep_values
+from lit_snapvideo.sweeps import COLUMNS, CPU_MAX_STEPS, run_sweep, sweep_values
 
 PROBE = {"steps": 3, "batch_size": 4, "max_train": 16}
 

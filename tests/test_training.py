@@ -9,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import tiny_overrides
+from lit_snapvideo import paper
 from lit_snapvideo.config import load_config
 from lit_snapvideo.models.presets import forward_flops, preset_kwargs
 from lit_snapvideo.module import FITModule, NonFiniteLossError, UNetModule, load_module, module_for
@@ -43,7 +44,7 @@ def test_diffusion_loss_falls_on_a_fixed_batch(shapes_root, tmp_path, preset):
     """The real Snap-EDM path (label dropout off, self-conditioning on for FIT, sigma_in of the config): 30 AdamW
     steps on one batch with one fixed draw of sigma and noise lower its loss by more than a third."""
     from lit_snapvideo.data.datamodule import EDMDataModule
-    from lit_snapvideo.module import seeded_generator
+    from lit_snapvideo.seeding import seeded_generator
 
     cfg = load_config(EXPERIMENTS / f"{preset.split('_')[0]}.yaml",
                       tiny_overrides(shapes_root, tmp_path, preset, **{"text.label_dropout": 0.0}))
@@ -68,10 +69,13 @@ def test_paper_optimiser_defaults(shapes_root, tmp_path):
     unet_cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny"))
     fit_opt = FITModule(fit_cfg).configure_optimizers()["optimizer"]
     unet_opt = UNetModule(unet_cfg).configure_optimizers()["optimizer"]
-    assert type(fit_opt).__name__ == "Lamb" and fit_opt.defaults["lr"] == 5e-3 and fit_opt.defaults["betas"] == (0.9, 0.99)
-    assert type(unet_opt) is torch.optim.AdamW and unet_opt.defaults["lr"] == 1e-4  # decoupled decay
-    assert unet_opt.defaults["betas"] == (0.9, 0.999)
-    assert {g["weight_decay"] for g in unet_opt.param_groups} == {0.01, 0.0}  # no decay on norms and biases
+    fit_paper, unet_paper = paper.TABLE9["fit"], paper.TABLE9["unet"]
+    assert type(fit_opt).__name__ == "Lamb" and fit_opt.defaults["lr"] == fit_paper["lr"]
+    assert fit_opt.defaults["betas"] == fit_paper["betas"]
+    assert type(unet_opt) is torch.optim.AdamW and unet_opt.defaults["lr"] == unet_paper["lr"]  # decoupled decay
+    assert unet_opt.defaults["betas"] == unet_paper["betas"]
+    # no decay on norms and biases
+    assert {g["weight_decay"] for g in unet_opt.param_groups} == {unet_paper["weight_decay"], 0.0}
 
 
 def test_lr_schedule_warmup_then_cosine(shapes_root, tmp_path):
@@ -83,12 +87,12 @@ def test_lr_schedule_warmup_then_cosine(shapes_root, tmp_path):
 
 
 def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, monkeypatch):
-    from lit_snapvideo.metrics import evaluate, probe
+    from lit_snapvideo.metrics import probe
 
     # the real probe class, trained for a few steps only (the default recipe takes minutes)
     tiny_probe = probe.train_probe(shapes_root, frames=8, size=(16, 16), steps=3, batch_size=4, max_train=16,
                                    num_workers=0, work_dir=tmp_path / "probe")
-    monkeypatch.setattr(evaluate, "probe_for", lambda cfg, *a, **k: tiny_probe)
+    monkeypatch.setattr(probe, "probe_for", lambda cfg, *a, **k: tiny_probe)
     cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
         "trainer.max_steps": 4, "trainer.val_every_n_steps": 2, "logging.sample_every_n_steps": 2,
         "logging.experiment": "tb", "logging.quality_every_n_steps": 2, "logging.quality_num_videos": 2,
@@ -102,6 +106,8 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
     assert any(t.startswith("train/loss_sigma_q") for t in scalars)
     images = events.Images("samples/grid")
     assert images and images[-1].encoded_image_string[:6] in (b"GIF87a", b"GIF89a")
+    legend = events.SummaryMetadata("samples/grid").summary_description  # the grid names its prompts
+    assert "1. a red circle moving left on a black background" in legend
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["final_val_loss"] > 0 and summary["train_ms_per_video"] > 0
     assert summary["clip"] == [cfg.data.frames, *cfg.data.pad_to]

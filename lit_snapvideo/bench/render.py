@@ -12,13 +12,13 @@ import csv
 import os
 from pathlib import Path
 
-from ..report import PAPER_TABLE2, fmt, human_count
+from .. import paper
+from ..report import fmt, human_count
 from .memory import MEMORY_KINDS
 from .settings import PHASES, BenchSettings, text_shape
 
-PAPER_MODEL_NAMES = {"unet_85m": "U-Net 85M", "unet_284m": "U-Net 284M", "fit_500m": "Snap Video FIT 500M",
-                     "fit_3_9b": "Snap Video FIT 3.9B"}
-PAPER_ROWS = {preset: next(r for r in PAPER_TABLE2 if r["model"] == name) for preset, name in PAPER_MODEL_NAMES.items()}
+PAPER_MODEL_NAMES = {row["preset"]: row["model"] for row in paper.TABLE2}
+PAPER_ROWS = {row["preset"]: row for row in paper.TABLE2}
 
 # (FIT, U-Net, the paper pair whose ratio is printed beside): the small CPU pair stands in for 500M vs 284M
 RATIO_PAIRS = [("fit_500m", "unet_284m", "fit_500m", "unet_284m"), ("fit_small", "unet_small", "fit_500m", "unet_284m"),

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..models.presets import count_parameters, forward_flops
+from ..models.registry import backbone
 from ..report import fmt
 from .memory import GIB, available_bytes, estimate_memory, memory_guard
 from .render import (PAPER_ROWS, SCALING_COLUMNS, THROUGHPUT_COLUMNS, ms_cell, plot_scaling, speedups,
@@ -29,7 +30,7 @@ from .timing import matmul_probe_tflops, median_iqr, run_job
 def phase_flops(fwd: float, arch: str, phase: str, sample_steps: int) -> float:
     """FLOPs per video of a phase, from the forward FLOPs per video."""
     if phase == "train":
-        return fwd * (3 + (1 if arch == "fit" else 0))  # forward + backward (2x), + FIT's self-cond forward
+        return backbone(arch).train_flops(fwd)  # forward + backward (2x), + FIT's self-cond forward
     if phase == "sample":
         return fwd * (2 * sample_steps - 1) * 2  # Heun: 2N - 1 evaluations, each on the doubled CFG batch
     return fwd

@@ -18,6 +18,7 @@ import torch
 
 from ..config import DataConfig, TextConfig
 from ..models.presets import PAPER_PRESETS, PAPER_TEXT_DIM, PRESETS, preset_kwargs
+from ..models.registry import backbone
 from ..models.text import TINY_TEXT_CFG
 
 PHASES = ("eval", "sample", "train")  # measured in this order (ru_maxrss fallback of PeakMemory only grows)
@@ -102,12 +103,10 @@ def arch_of(preset: str) -> str:
 
 
 def scaled_overrides(preset: str, frames: int, size: tuple[int, int]) -> dict:
-    """Backbone overrides for another clip shape: FIT learns its positional table at ``input_size`` and groups at
-    most 16 frames; the U-Net is size-agnostic."""
-    if arch_of(preset) != "fit":
-        return {}
-    group = tuple(preset_kwargs(preset)[1].get("group_size", (16, 5, 4)))
-    return {"input_size": (frames, *size), "group_size": (min(frames, group[0]), *group[1:])}
+    """Backbone overrides for another clip shape, as the preset's kind says (models/registry.py): FIT learns its
+    positional table at ``input_size`` and groups at most 16 frames; the U-Net is size-agnostic."""
+    kind, arguments = preset_kwargs(preset)
+    return backbone(kind).clip_overrides(arguments, frames, size)
 
 
 def pad_multiple(presets: list[str]) -> tuple[int, int]:
@@ -115,11 +114,8 @@ def pad_multiple(presets: list[str]) -> tuple[int, int]:
     which is why the paper pads 36 -> 40) and the U-Net's 2^(levels - 1), combined by least common multiple."""
     multiple = (1, 1)
     for preset in presets:
-        kind, kw = preset_kwargs(preset)
-        if kind == "fit":
-            tile = tuple(p * g for p, g in zip(kw["patch_size"][1:], kw["group_size"][1:]))
-        else:
-            tile = (2 ** (len(kw["channel_mult"]) - 1),) * 2
+        kind, arguments = preset_kwargs(preset)
+        tile = backbone(kind).size_multiple(arguments)  # models/registry.py
         multiple = tuple(math.lcm(m, t) for m, t in zip(multiple, tile))
     return multiple
 

@@ -147,7 +147,7 @@ def measure_job(job: dict) -> dict:
     @torch.no_grad()
     def evaluate() -> None:
         with autocast:
-            _, state["latents"] = module.edm.denoise(module._net(forward, cond, state["latents"]), x_sigma, sigma,
+            _, state["latents"] = module.edm.denoise(module.conditioned(forward, cond, state["latents"]), x_sigma, sigma,
                                                      sigma_in=module.cfg.diffusion.sigma_in, return_state=True)
 
     # sample: the training module's own sampler (Heun, CFG with the batch doubled)

@@ -75,9 +75,9 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """float (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3) (the inverse of :func:`to_tensor`)."""
+    """float (..., 3, T, H, W) in [-1, 1] -> uint8 (..., T, H, W, 3) (the inverse of :func:`to_tensor`)."""
     x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
+    return x.movedim(-4, -1).cpu().numpy()
 
 
 def pad_video(video: torch.Tensor, pad_to: Sequence[int]) -> torch.Tensor:

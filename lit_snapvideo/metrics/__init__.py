@@ -20,6 +20,11 @@ The embedded moving-shapes set's own metrics, offline (:mod:`.probe`; they do no
 * :func:`probe_fvd` ``(probe, videos, real=None) -> float``: Fréchet distance in probe features to the real
   validation clips.
 * :func:`temporal_consistency` ``(videos) -> float``: ``1 - mean |x_{t+1} - x_t| / 2``.
+* :func:`~.probe.probe_for` ``(cfg, cache_dir)``: the cached probe of an experiment's data set;
+  :func:`~.probe.probe_metrics` ``(probe, videos, prompts)``: all of the above as ``probe/<name>`` keys.
+
+Nothing here imports the training module: ``lit_snapvideo/evaluate.py`` and ``sweeps.py`` sample checkpoints and
+score the samples with these.
 
 Videos are always ``(B, 3, T, H, W)`` floats in [-1, 1], as the data module yields them.
 """

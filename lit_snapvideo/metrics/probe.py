@@ -31,7 +31,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from ..data.datasets import ClipDataset, Record, SkipLog, load_records
 from ..data.shapes import COLORS, DIRECTIONS, SHAPES, parse_caption
 from ..data.video import crop_padding
+from ..safe_load import CheckpointError, load_checkpoint_file
 from .frechet import GaussianStats, feature_stats, frechet_distance_from_stats
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,6 @@ def load_probe(path: str | os.PathLike) -> Probe:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: probe checkpoint not found")
-    from ..module import CheckpointError, load_checkpoint_file  # lazy: keeps lightning out of metrics imports
 
     try:  # weights only: a cache file is a pickle too, and one planted there must not run code
         saved = load_checkpoint_file(path, "cpu", hint="delete it and the probe is trained again")
@@ -374,3 +374,19 @@ def temporal_consistency(videos: torch.Tensor) -> float:
     if videos.ndim != 5 or videos.shape[2] < 2:
         raise ValueError(f"temporal_consistency: expected (B, 3, T>=2, H, W) videos, got {tuple(videos.shape)}")
     return float(1 - (videos[:, :, 1:] - videos[:, :, :-1]).abs().mean() / 2)
+
+
+def probe_for(cfg: Any, cache_dir: str = ".cache/probe", **train_kwargs: Any) -> Probe:
+    """The (cached) probe for a run's data set (``cfg``: its experiment config), at the run's clip shape and
+    validation frame rate."""
+    return load_or_train_probe(cfg.data.root, cfg.data.manifest, cache_dir=cache_dir, frames=cfg.data.frames,
+                               size=list(cfg.data.size), val_fps=cfg.data.val_fps, **train_kwargs)
+
+
+def probe_metrics(probe: Probe, videos: torch.Tensor, prompts: Sequence[str]) -> dict:
+    """Every probe metric of ``videos`` (N, 3, T, H, W) sampled for ``prompts``, as ``probe/<name>`` keys."""
+    metrics = {f"probe/{k}": v for k, v in prompt_accuracy(probe, videos, prompts).items()}
+    metrics["probe/fvd"] = probe_fvd(probe, videos)
+    metrics["probe/temporal_consistency"] = temporal_consistency(videos)
+    metrics["probe/real_temporal_consistency"] = probe.meta["reference"]["temporal_consistency"]
+    return metrics

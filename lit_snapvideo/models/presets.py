@@ -48,10 +48,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .fit import FIT
-from .unet3d import UNet3D
+from .. import paper
+from .registry import BACKBONES, backbone, kind_of
 
-PAPER_TEXT_DIM = 1024  # T5-11B d_model (paper §3.2)
+PAPER_TEXT_DIM = paper.T5_TEXT_DIM
 
 # The small CPU pair at the paper's clip (~1.3-1.5 forward GFLOPs per 16x40x64 video each; `make bench`);
 # dropout off, see the module docstring
@@ -62,18 +62,11 @@ _UNET_SMALL = dict(kind="unet", base_channels=8, channel_mult=(1, 1, 2, 4), num_
                    attention_resolutions=(16, 8), head_channels=8, cond_dim=128, dropout=0.0, norm_groups=4)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Table 7: ADM U-Nets with interleaved temporal attention
-    "unet_85m": dict(kind="unet", base_channels=128, channel_mult=(1, 2, 2, 3), num_res_blocks=2,
-                     attention_resolutions=(32, 16, 8), head_channels=64, cond_dim=768, dropout=0.1),
-    "unet_284m": dict(kind="unet", base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
-                      attention_resolutions=(32, 16, 8), head_channels=64, cond_dim=768, dropout=0.1),
-    # Table 8: Snap Video FIT (6 blocks x 4 global layers, 0 local layers, patch 1x4x4, group 16x5x4)
-    "fit_500m": dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=768, latent_dim=1024,
-                     num_latents=512, cond_dim=768, num_blocks=6, global_layers=4, patch_head_dim=48,
-                     latent_head_dim=64, dropout=0.1),
-    "fit_3_9b": dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=1024, latent_dim=3072,
-                     num_latents=768, cond_dim=1024, num_blocks=6, global_layers=4, patch_head_dim=64,
-                     latent_head_dim=128, dropout=0.1),
+    # the paper's four (Tables 7 and 8)
+    "unet_85m": dict(kind="unet", **paper.TABLE7["unet_85m"]),
+    "unet_284m": dict(kind="unet", **paper.TABLE7["unet_284m"]),
+    "fit_500m": dict(kind="fit", **paper.TABLE8["fit_500m"]),
+    "fit_3_9b": dict(kind="fit", **paper.TABLE8["fit_3_9b"]),
     "fit_small": _FIT_SMALL,
     "unet_small": _UNET_SMALL,
     # the CPU ablation pair at 8 x 24 x 40 (experiments/ablation/; see the module docstring): the small pair's
@@ -92,7 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                       attention_resolutions=(32,), head_channels=8, cond_dim=32, dropout=0.0, norm_groups=4),
 }
 
-PAPER_PRESETS = {"unet_85m": 85e6, "unet_284m": 284e6, "fit_500m": 500e6, "fit_3_9b": 3.9e9}
+PAPER_PRESETS = {row["preset"]: row["params"] for row in paper.TABLE2}  # the size each is named after
 ABLATION_TEXT_DIM = 256  # width of the "tiny" open_clip text tower the CPU ablations use (models/text.py)
 
 
@@ -100,24 +93,30 @@ def reference_text_dim(preset: str) -> int:
     """Text width a preset is documented with: T5-11B's 1024 for the paper's sizes, 256 for the CPU ones."""
     return PAPER_TEXT_DIM if preset in PAPER_PRESETS else ABLATION_TEXT_DIM
 
-_BACKBONES = {"fit": FIT, "unet": UNet3D}
-
 
 def preset_kwargs(preset: str, overrides: dict | None = None) -> tuple[str, dict[str, Any]]:
-    """(kind, constructor kwargs) of ``preset`` with ``overrides`` applied; ValueError for unknown names/keys."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown backbone preset '{preset}'; valid presets: {', '.join(PRESETS)}")
-    kwargs = dict(PRESETS[preset])
-    kind = kwargs.pop("kind")
+    """(kind, constructor arguments) of ``preset``: the class defaults, then the preset's, then ``overrides``.
+
+    ``preset`` is a name of :data:`PRESETS` or a backbone kind of ``models/registry.py`` (its class defaults).
+    ValueError for unknown names and keys."""
+    if preset in PRESETS:
+        kwargs = dict(PRESETS[preset])
+        kind = kwargs.pop("kind")
+    elif preset in BACKBONES:
+        kind, kwargs = preset, {}
+    else:
+        raise ValueError(f"unknown backbone preset '{preset}'; valid presets: {', '.join(PRESETS)}; or a backbone "
+                         f"kind at its defaults: {', '.join(BACKBONES)}")
+    cls = backbone(kind).cls
+    parameters = {name: p for name, p in inspect.signature(cls).parameters.items()
+                  if name not in ("text_dim", "grad_checkpointing") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     overrides = dict(overrides or {})
-    known = set(inspect.signature(_BACKBONES[kind]).parameters) - {"text_dim", "grad_checkpointing"}
-    unknown = sorted(set(overrides) - known)
+    unknown = sorted(set(overrides) - set(parameters))
     if unknown:
-        raise ValueError(
-            f"model.overrides {unknown} are not {_BACKBONES[kind].__name__} arguments; valid: {', '.join(sorted(known))}"
-        )
-    kwargs.update(overrides)
-    return kind, kwargs
+        raise ValueError(f"model.overrides {unknown} are not {cls.__name__} arguments; "
+                         f"valid: {', '.join(sorted(parameters))}")
+    defaults = {name: p.default for name, p in parameters.items() if p.default is not p.empty}
+    return kind, {**defaults, **kwargs, **overrides}
 
 
 def build_backbone(preset: str, text_dim: int, overrides: dict | None = None, grad_checkpointing: bool = False,
@@ -125,7 +124,7 @@ def build_backbone(preset: str, text_dim: int, overrides: dict | None = None, gr
     """The backbone named ``preset`` (see PRESETS), taking text embeddings of width ``text_dim``."""
     kind, kwargs = preset_kwargs(preset, overrides)
     with torch.device(device or "cpu"):
-        return _BACKBONES[kind](text_dim=text_dim, grad_checkpointing=grad_checkpointing, **kwargs)
+        return backbone(kind).cls(text_dim=text_dim, grad_checkpointing=grad_checkpointing, **kwargs)
 
 
 def count_parameters(preset: str | nn.Module, text_dim: int = PAPER_TEXT_DIM, overrides: dict | None = None) -> int:
@@ -164,7 +163,7 @@ def forward_flops(model: str | nn.Module, frames: int = 16, size: tuple[int, int
         model = build_backbone(model, text_dim, overrides, device="meta")
     else:
         # a CPU SDPA kernel is invisible to the counter; on meta SDPA decomposes into counted matmuls
-        text_dim = text_dim or model.cond_embed.text[1].in_features
+        text_dim = text_dim or backbone(kind_of(model)).text_dim(model)
         model = copy.deepcopy(model).to("meta")
     x, c_noise, cond = example_inputs(1, frames, size, text_len, text_dim, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

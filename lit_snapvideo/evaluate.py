@@ -14,61 +14,22 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
-from ..data.datasets import load_records
-from ..data.shapes import is_shapes_caption
-from ..data.video import crop_padding
+from .data.datamodule import EDMDataModule
+from .data.datasets import load_records
+from .data.shapes import is_shapes_caption
+from .data.video import crop_padding
+from .generation import evaluation_videos, validation_prompts
+from .metrics.probe import data_fingerprint, probe_for, probe_metrics
+from .models.text import NULL_CAPTION
+from .module import load_module
+from .sampling import karras_sigmas
+from .seeding import seeded_generator
 
 log = logging.getLogger(__name__)
-
-
-def validation_prompts(root: str, manifest: Optional[str], n: int) -> list[str]:
-    """``n`` validation captions, repeated as needed. For the moving-shapes set, its one-object video captions
-    (ground truth for the probe); for any other data set, its video captions (the stills' if it has no video)."""
-    train, val = load_records(root, manifest)
-    if all(is_shapes_caption(r.caption) for r in train + val):
-        captions = [r.caption for r in val if not r.is_image and " and a " not in r.caption]
-        if not captions:
-            raise ValueError(f"{root}: no one-object validation video captions to evaluate with")
-    else:
-        captions = [r.caption for r in val if not r.is_image] or [r.caption for r in val]
-        if not captions:
-            raise ValueError(f"{root}: no validation records to take prompts from")
-    return (captions * (n // len(captions) + 1))[:n]
-
-
-def generate_videos(module: Any, prompts: Sequence[str], steps: int, cfg_scale: float, seed: int, batch_size: int,
-                    progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
-    """(N, 3, T, h, w) samples in [-1, 1], padding cropped, ``batch_size`` prompts per sampler call."""
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        video = module.generate(chunk, steps=steps, cfg_scale=cfg_scale, seed=seed * 100_003 + start)
-        out.append(crop_padding(video, tuple(module.cfg.data.size)).cpu())
-        if progress:
-            progress(len(chunk))
-    return torch.cat(out)
-
-
-def probe_for(cfg: Any, cache_dir: str = ".cache/probe", **train_kwargs: Any) -> Any:
-    """The (cached) probe for a run's data set, at the run's clip shape and validation frame rate."""
-    from .probe import load_or_train_probe
-
-    return load_or_train_probe(cfg.data.root, cfg.data.manifest, cache_dir=cache_dir, frames=cfg.data.frames,
-                               size=list(cfg.data.size), val_fps=cfg.data.val_fps, **train_kwargs)
-
-
-def probe_metrics(probe: Any, videos: torch.Tensor, prompts: Sequence[str]) -> dict:
-    from .probe import probe_fvd, prompt_accuracy, temporal_consistency
-
-    metrics = {f"probe/{k}": v for k, v in prompt_accuracy(probe, videos, prompts).items()}
-    metrics["probe/fvd"] = probe_fvd(probe, videos)
-    metrics["probe/temporal_consistency"] = temporal_consistency(videos)
-    metrics["probe/real_temporal_consistency"] = probe.meta["reference"]["temporal_consistency"]
-    return metrics
 
 
 DENOISE_SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0, 80.0)  # from detail (0.3) to where the sampler starts (80)
@@ -95,12 +56,6 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
     the same clip and noise draw), taken at the schedule's sigma nearest ``s`` in log space. That is what FIT sees
     while sampling; training and the validation loss feed the latents of the same sigma instead. For a backbone
     without state it equals ``mse_sigma``."""
-    from ..data.datamodule import EDMDataModule
-    from ..models.text import NULL_CAPTION
-    from ..module import seeded_generator
-
-    from ..sampling import karras_sigmas
-
     d = module.cfg.diffusion
     schedule = karras_sigmas(chain_steps, d.sigma_min, d.sigma_max, d.rho)[:-1].float()  # drop the final 0
     nearest = [int((schedule.log() - math.log(s)).abs().argmin()) for s in sigmas]
@@ -122,8 +77,8 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
         for s in sigmas:
             sigma = torch.full((b,), float(s), device=module.device)
             x_sigma = module.edm.noise(x, sigma, eps, sigma_in)
-            d_cond = module.edm.denoise(module._net(net, cond, None), x_sigma, sigma, sigma_in)
-            d_null = module.edm.denoise(module._net(net, null, None), x_sigma, sigma, sigma_in)
+            d_cond = module.edm.denoise(module.conditioned(net, cond, None), x_sigma, sigma, sigma_in)
+            d_null = module.edm.denoise(module.conditioned(net, null, None), x_sigma, sigma, sigma_in)
             error = d_cond - x
             terms[f"denoise/mse_sigma_{s:g}"] = error.pow(2).mean((1, 2, 3, 4))
             terms[f"denoise/caption_effect_sigma_{s:g}"] = (d_cond - d_null).abs().mean((1, 2, 3, 4))
@@ -132,7 +87,7 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
         for s in schedule.tolist():
             sigma = torch.full((b,), s, device=module.device)
             x_sigma = module.edm.noise(x, sigma, eps, sigma_in)
-            d_chain, latents = module.edm.denoise(module._net(net, cond, latents), x_sigma, sigma, sigma_in,
+            d_chain, latents = module.edm.denoise(module.conditioned(net, cond, latents), x_sigma, sigma, sigma_in,
                                                   return_state=True)
             chain_mse.append((d_chain - x).pow(2).mean((1, 2, 3, 4)))
         for s, step in zip(sigmas, nearest):
@@ -170,13 +125,11 @@ def evaluate_checkpoint(
     and CLIPSIM (with their detector files) and the denoising check score the run."""
     from tqdm import tqdm
 
-    from ..module import load_module
-
     module = module if module is not None else load_module(checkpoint)  # the CLI has loaded it already
     cfg = module.cfg
     prompts = validation_prompts(cfg.data.root, cfg.data.manifest, num_videos)
-    bar = tqdm(total=len(prompts) * len(seeds), desc="evaluate: sampling", unit="video", disable=not progress)
-    sets = [generate_videos(module, prompts, steps, cfg_scale, s, batch_size, bar.update) for s in seeds]
+    bar = tqdm(total=len(prompts) * len(seeds) * steps, desc="evaluate: sampling", unit="step", disable=not progress)
+    sets = [evaluation_videos(module, prompts, steps, cfg_scale, s, batch_size, bar.update) for s in seeds]
     bar.close()
     metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "num_videos": len(prompts), "seeds": list(seeds),
                                "steps": steps, "cfg_scale": cfg_scale,
@@ -197,27 +150,24 @@ def evaluate_checkpoint(
         log.warning("evaluate: probe metrics skipped: %s is not the moving-shapes set (caption %r); FVD, FID and "
                     "CLIPSIM score it with detector files", cfg.data.root, foreign)
     if fvd_detector or fid_detector:
-        from ..data.datamodule import EDMDataModule
-
         dm = EDMDataModule(cfg)
         dm.setup("validate")
         real = torch.cat([crop_padding(b["video"], tuple(cfg.data.size)) for b in dm.val_dataloader()])
     if fvd_detector:
-        from .fvd import FVD, real_stats_key
-        from .probe import data_fingerprint
+        from .metrics.fvd import FVD, real_stats_key
 
         fvd = FVD(fvd_detector, cache_dir=fvd_cache, num_videos=min(len(prompts), len(real)), frames=cfg.data.frames)
         key = real_stats_key(data_fingerprint(cfg.data.root, cfg.data.manifest), "val", len(real), cfg.data.frames,
                              cfg.data.size, cfg.data.val_fps)
         metrics.update(fvd.score(sets, fvd.real_stats(real, key=key)))
     if fid_detector:
-        from .fid import FID
+        from .metrics.fid import FID
 
         fid = FID(fid_detector)
         fid.update_real(real)
         metrics.update(fid.score(sets))
     if clip_model and clip_checkpoint:
-        from .clipsim import CLIPSim, clipsim
+        from .metrics.clipsim import CLIPSim, clipsim
 
         scorer = CLIPSim(clip_model, clip_checkpoint)
         values = [clipsim(scorer, [(videos, prompts)]) for videos in sets]

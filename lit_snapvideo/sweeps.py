@@ -5,7 +5,7 @@ weight) and Fig. 6 (quality against the number of sampling steps).
         -> results/sweep_cfg.csv, results/sweep_cfg.png
 
 Every point samples the same validation prompts with the same seed (only the swept setting changes) and scores
-them with the embedded set's probe (probe-FVD, prompt accuracy; evaluate.probe_metrics), plus FVD (TorchScript I3D)
+them with the embedded set's probe (probe-FVD, prompt accuracy; metrics.probe.probe_metrics), plus FVD (TorchScript I3D)
 and CLIPSIM (open_clip) when their files are given. The CSV is rewritten after each point, so a stopped sweep
 keeps what it finished.
 """
@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+
+from .data.datamodule import EDMDataModule
+from .data.datasets import load_records
+from .data.shapes import is_shapes_caption
+from .data.video import crop_padding
+from .generation import evaluation_videos, validation_prompts
+from .metrics.probe import data_fingerprint, probe_for, probe_metrics
+from .module import load_module
 
 CFG_WEIGHTS = (0, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)  # Fig. 5
 STEP_COUNTS = (16, 32, 64, 128, 256, 512, 1024)  # Fig. 6
@@ -53,10 +61,6 @@ class Scorer:
     def __init__(self, module: Any, num_videos: int, fvd_detector: Optional[str] = None,
                  clip_model: Optional[str] = None, clip_checkpoint: Optional[str] = None,
                  probe_cache: str = ".cache/probe", fvd_cache: str = ".cache/fvd", probe_kwargs: Optional[dict] = None):
-        from ..data.datasets import load_records
-        from ..data.shapes import is_shapes_caption
-        from .evaluate import probe_for
-
         cfg = module.cfg
         train, val = load_records(cfg.data.root, cfg.data.manifest)
         shapes = all(is_shapes_caption(r.caption) for r in train + val)
@@ -66,10 +70,7 @@ class Scorer:
         self.probe = probe_for(cfg, probe_cache, **(probe_kwargs or {})) if shapes else None
         self.fvd = self.real = self.clip = None
         if fvd_detector:
-            from ..data.datamodule import EDMDataModule
-            from ..data.video import crop_padding
-            from .fvd import FVD, real_stats_key
-            from .probe import data_fingerprint
+            from .metrics.fvd import FVD, real_stats_key
 
             dm = EDMDataModule(cfg)
             dm.setup("validate")
@@ -80,7 +81,7 @@ class Scorer:
                                  cfg.data.frames, cfg.data.size, cfg.data.val_fps)
             self.real = self.fvd.real_stats(real, key=key)
         if clip_model and clip_checkpoint:
-            from .clipsim import CLIPSim
+            from .metrics.clipsim import CLIPSim
 
             self.clip = CLIPSim(clip_model, clip_checkpoint)
 
@@ -88,8 +89,6 @@ class Scorer:
         """``videos`` (N, 3, T, H, W) in [-1, 1], padding cropped -> the CSV's metric columns."""
         out: dict[str, Any] = {}
         if self.probe is not None:
-            from .evaluate import probe_metrics
-
             m = probe_metrics(self.probe, videos, prompts)
             out.update({k: m[f"probe/{k}"] for k in ("prompt_accuracy", "shape_accuracy", "color_accuracy",
                                                        "direction_accuracy", "temporal_consistency")})
@@ -98,7 +97,7 @@ class Scorer:
             scores = self.fvd.score([videos], self.real)
             out["fvd"] = next(v for k, v in scores.items() if k.startswith("fvd") and k.count("_") == 1)
         if self.clip is not None:
-            from .clipsim import clipsim
+            from .metrics.clipsim import clipsim
 
             out["clipsim"] = clipsim(self.clip, [(videos, list(prompts))])
         return out
@@ -112,8 +111,6 @@ def run_sweep(checkpoints: Sequence[str], kind: str, values: Optional[Sequence[f
               log: Callable[[str], None] = print) -> list[dict]:
     """Sweep ``kind`` ("cfg": the guidance weight at ``steps`` Heun steps; "steps": the step count at ``cfg_scale``)
     for each checkpoint; writes OUT_DIR/sweep_<kind>.{csv,png} and returns the rows."""
-    from ..module import load_module
-    from .evaluate import generate_videos, validation_prompts
 
     if kind not in SWEEPS:
         raise ValueError(f"unknown sweep {kind!r}; valid: {', '.join(SWEEPS)}")
@@ -131,7 +128,7 @@ def run_sweep(checkpoints: Sequence[str], kind: str, values: Optional[Sequence[f
         for value in points:
             w, n = (float(value), steps) if kind == "cfg" else (cfg_scale, int(value))
             started = time.perf_counter()
-            videos = generate_videos(module, prompts, n, w, seed, batch_size)  # same prompts and seed at every point
+            videos = evaluation_videos(module, prompts, n, w, seed, batch_size)  # same prompts and seed at every point
             row = {"run": run, "preset": module.cfg.model.preset, "sweep": kind, "cfg_scale": w, "steps": n,
                    "num_videos": len(prompts), "seed": seed, **score(videos, prompts)}
             row["seconds"] = time.perf_counter() - started

@@ -2,7 +2,7 @@
 skipped-file counts.
 
 Sample videos go into TensorBoard as animated GIFs inside an *image* summary (TensorBoard's image panel plays them):
-``SummaryWriter.add_video`` needs moviepy and breaks with moviepy 2 (design.md).
+``SummaryWriter.add_video`` needs moviepy and breaks with moviepy 2 (docs/decisions.md).
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class TrainerConfig:
     devices: Any = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU (bf16 is slow on CPU, design.md)
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU (bf16 is slow on CPU: docs/decisions.md)
     seed: int = 0
     deterministic: bool = False
     val_every_n_steps: int = 250

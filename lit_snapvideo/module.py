@@ -1,4 +1,4 @@
-"""EDMVideoModule: one LightningModule trains either backbone under Snap-EDM (design.md "Data flow").
+"""EDMVideoModule: one LightningModule trains either backbone under Snap-EDM (README: "The math").
 
     batch -> text encoder (frozen, cached) -> label dropout -> sigma ~ log-normal, eps ~ N(0, I)
           -> x_sigma = x / sigma_in + sigma eps -> edm (c_in, c_noise) -> backbone -> F -> w (F - c_nrm v)^2

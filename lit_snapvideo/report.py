@@ -1,4 +1,4 @@
-"""Markdown reports that put our runs beside the paper's tables (snap-video-paper.md §5).
+"""Markdown reports that put our runs beside the paper's tables (the paper's §5; its numbers: paper.py).
 
 ``compare_runs`` reads each run's ``summary.json`` (and ``metrics.json`` when ``lit-snapvideo evaluate`` wrote
 one) and writes Table 2's layout: parameters, train and inference ms/video, validation loss, quality columns.

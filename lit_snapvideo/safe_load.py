@@ -2,7 +2,7 @@
 
     ckpt = load_checkpoint_file("runs/fit/version_0/checkpoints/last.ckpt")   # dict of tensors, numbers, strings
 
-Checkpoints, the probe cache and resume all load through here (design.md: every ``torch.load`` is weights-only).
+Checkpoints, the probe cache and resume all load through here (every ``torch.load`` is weights-only: a checkpoint is someone else's pickle).
 """
 
 from __future__ import annotations

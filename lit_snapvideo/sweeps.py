@@ -1,4 +1,4 @@
-"""The paper's sampling figures from trained checkpoints (snap-video-paper.md §5): Fig. 5 (quality against the CFG
+"""The paper's sampling figures from trained checkpoints (the paper's §5): Fig. 5 (quality against the CFG
 weight) and Fig. 6 (quality against the number of sampling steps).
 
     rows = run_sweep(["runs/fit/version_0/checkpoints/last.ckpt"], "cfg", out_dir="results")

@@ -58,7 +58,7 @@ def next_free_version(cfg: DictConfig) -> str:
 
 
 def resolve_precision(cfg: DictConfig) -> str:
-    """auto: bf16 autocast on GPU, fp32 on CPU (bf16 autocast made whole backbones 6-30x slower here, design.md)."""
+    """auto: bf16 autocast on GPU, fp32 on CPU (bf16 autocast made whole backbones 6-30x slower here: docs/decisions.md)."""
     if cfg.trainer.precision != "auto":
         return "32-true" if cfg.trainer.precision == "32" else cfg.trainer.precision
     return "bf16-mixed" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "32-true"

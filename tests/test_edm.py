@@ -1,4 +1,4 @@
-"""Snap-EDM against the paper's closed forms (snap-video-paper.md §1.1, §2.4, Table 1)."""
+"""Snap-EDM against the paper's closed forms (the paper's §1.1, §2.4, Table 1)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Schedules, solvers and guidance (snap-video-paper.md §1.4, §2.5, §6.3)."""
+"""Schedules, solvers and guidance (the paper's §1.4, §2.5, §6.3)."""
 
 import math
 

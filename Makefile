@@ -9,7 +9,7 @@ CLI := HF_HUB_OFFLINE=1 $(VENV)/bin/lit-snapvideo
 export HF_HUB_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full
+.PHONY: help install lint test test-full
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install the kit (re-runs only when pyproject.toml/constraints.txt change)
 
-test: $(STAMP) ## the fast CPU test suite (what CI runs)
+lint: $(STAMP) ## ruff: lint and formatting (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint ## lint, then the fast CPU test suite (what CI runs)
 	$(PY) -m pytest -m "not slow" -q
 
 test-full: $(STAMP) ## every test, the slow ones too

@@ -44,14 +44,17 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self.every_n_steps <= 0 or trainer.global_step % self.every_n_steps:
             return
         # Lightning's own test for a validation after this batch; that one saves (a save now would block best.ckpt)
-        validates = trainer.enable_validation and (
-            trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+        validates = (
+            trainer.enable_validation
+            and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+        )
         if not validates:
             self._save_last_if_stale(trainer)
 
@@ -66,8 +69,9 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 # ---- sample GIFs ----------------------------------------------------------------------------------
 
 
-def add_gif_summary(writer: Any, tag: str, data: bytes, size: tuple[int, int], step: int,
-                    description: str = "") -> None:
+def add_gif_summary(
+    writer: Any, tag: str, data: bytes, size: tuple[int, int], step: int, description: str = ""
+) -> None:
     """Write encoded GIF bytes as a TensorBoard image summary (what torch's add_video does, minus moviepy);
     ``description`` (markdown) is shown with the image, e.g. the prompts of a sample grid."""
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -83,8 +87,9 @@ class SampleVideos(L.Callback):
     weights, write ``samples/step_<6-digit step>.gif`` (and ``samples/prompts.txt``) in the run directory and a GIF
     image summary ``samples/grid`` whose description lists the prompts in grid order."""
 
-    def __init__(self, every_n_steps: int, prompts: list[str], steps: int, cfg_scale: float, seed: int,
-                 out_dir: str | Path) -> None:
+    def __init__(
+        self, every_n_steps: int, prompts: list[str], steps: int, cfg_scale: float, seed: int, out_dir: str | Path
+    ) -> None:
         self.every = every_n_steps
         self.prompts, self.steps, self.cfg_scale, self.seed = list(prompts), steps, cfg_scale, seed
         self.out_dir = Path(out_dir)
@@ -96,15 +101,22 @@ class SampleVideos(L.Callback):
             return
         self.last_step = trainer.global_step
         start = time.perf_counter()
-        videos = generate_videos(module, self.prompts, self.steps, self.cfg_scale, self.seed,
-                                 batch_size=len(self.prompts))
+        videos = generate_videos(
+            module, self.prompts, self.steps, self.cfg_scale, self.seed, batch_size=len(self.prompts)
+        )
         evals = 2 * self.steps - 1
         self.infer_ms_per_video_per_eval.append(1000 * (time.perf_counter() - start) / (len(self.prompts) * 2 * evals))
         data, size = write_grid(self.out_dir / f"step_{trainer.global_step:06d}.gif", videos, self.prompts)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                add_gif_summary(logger.experiment, "samples/grid", data, size, trainer.global_step,
-                                description=grid_legend(self.prompts))
+                add_gif_summary(
+                    logger.experiment,
+                    "samples/grid",
+                    data,
+                    size,
+                    trainer.global_step,
+                    description=grid_legend(self.prompts),
+                )
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.every > 0 and trainer.global_step % self.every == 0 and trainer.global_step > 0:
@@ -130,8 +142,9 @@ class Throughput(L.Callback):
     ``train_flops_per_video``: FLOPs of one training step per video (forward + backward ~ 3x forward, plus FIT's
     no-grad self-conditioning forward); MFU = achieved FLOP/s / ``peak_tflops``."""
 
-    def __init__(self, train_flops_per_video: Optional[float] = None, peak_tflops: Optional[float] = None,
-                 skip_first: int = 3) -> None:
+    def __init__(
+        self, train_flops_per_video: Optional[float] = None, peak_tflops: Optional[float] = None, skip_first: int = 3
+    ) -> None:
         self.flops = train_flops_per_video
         self.peak = peak_tflops
         self.skip_first = skip_first
@@ -151,8 +164,11 @@ class Throughput(L.Callback):
         ms = 1000 * seconds / videos
         if batch_idx >= self.skip_first:
             self.ms_per_video.append(ms)
-        metrics = {"perf/videos_per_s": videos / seconds * trainer.world_size, "perf/ms_per_video": ms,
-                   "perf/peak_memory_gib": peak_memory_gib(module.device)}
+        metrics = {
+            "perf/videos_per_s": videos / seconds * trainer.world_size,
+            "perf/ms_per_video": ms,
+            "perf/peak_memory_gib": peak_memory_gib(module.device),
+        }
         if self.flops:
             achieved = self.flops * videos / seconds
             metrics["perf/tflops"] = achieved / 1e12
@@ -195,8 +211,10 @@ class DataTrace(L.Callback):
         if not trainer.is_global_zero:
             return
         position = getattr(trainer.datamodule, "stream_position", "")
-        items = [f"{caption}|{float(fps):g}|{hashlib.sha1(video.detach().cpu().numpy().tobytes()).hexdigest()[:12]}"
-                 for caption, fps, video in zip(batch["caption"], batch["fps"], batch["video"])]
+        items = [
+            f"{caption}|{float(fps):g}|{hashlib.sha1(video.detach().cpu().numpy().tobytes()).hexdigest()[:12]}"
+            for caption, fps, video in zip(batch["caption"], batch["fps"], batch["video"])
+        ]
         with self.path.open("a") as f:
             f.write("\t".join([str(trainer.global_step), str(position), *items]) + "\n")
 
@@ -227,7 +245,13 @@ class SampleQuality(L.Callback):
     per data set and cached (``lit-snapvideo probe`` trains it ahead of a run)."""
 
     def __init__(self, every_n_steps: int, num_videos: int, steps: int, cfg_scale: float, seed: int = 0) -> None:
-        self.every, self.num_videos, self.steps, self.cfg_scale, self.seed = every_n_steps, num_videos, steps, cfg_scale, seed
+        self.every, self.num_videos, self.steps, self.cfg_scale, self.seed = (
+            every_n_steps,
+            num_videos,
+            steps,
+            cfg_scale,
+            seed,
+        )
         self.probe: Any = None
         self.prompts: list[str] = []
         self.last_step = -1
@@ -255,9 +279,11 @@ class SampleQuality(L.Callback):
 
         videos = evaluation_videos(module, self.prompts, self.steps, self.cfg_scale, self.seed, batch_size=8)
         metrics = probe_metrics(self.probe, videos, self.prompts)
-        values = {"quality/prompt_accuracy": metrics["probe/prompt_accuracy"],
-                  "quality/probe_fvd": metrics["probe/fvd"],
-                  "quality/temporal_consistency": metrics["probe/temporal_consistency"]}
+        values = {
+            "quality/prompt_accuracy": metrics["probe/prompt_accuracy"],
+            "quality/probe_fvd": metrics["probe/fvd"],
+            "quality/temporal_consistency": metrics["probe/temporal_consistency"],
+        }
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
 

@@ -48,29 +48,51 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     from .config import DataConfig
 
     d = DataConfig()
-    p = sub.add_parser("data", help="make the embedded moving-shapes set, or check a data folder",
-                       description="Data set tools (formats: data/README.md).")
+    p = sub.add_parser(
+        "data",
+        help="make the embedded moving-shapes set, or check a data folder",
+        description="Data set tools (formats: data/README.md).",
+    )
     tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
     shapes = tools.add_parser("shapes", help="generate the captioned moving-shapes set (mp4 + png + manifest.csv)")
-    shapes.add_argument("--variant", choices=("full", "simple"), default="full",
-                        help="full: two objects, bouncing and checkered backgrounds too; simple: one large object on a "
-                             "plain background (the CPU ablation's set, data/shapes_simple). Default full")
-    shapes.add_argument("--out", default=None, help=f"output folder (default {d.root}, or data/shapes_simple for --variant simple)")
+    shapes.add_argument(
+        "--variant",
+        choices=("full", "simple"),
+        default="full",
+        help="full: two objects, bouncing and checkered backgrounds too; simple: one large object on a "
+        "plain background (the CPU ablation's set, data/shapes_simple). Default full",
+    )
+    shapes.add_argument(
+        "--out", default=None, help=f"output folder (default {d.root}, or data/shapes_simple for --variant simple)"
+    )
     shapes.add_argument("--n-train", type=int, default=d.n_train, help=f"training clips (default {d.n_train})")
     shapes.add_argument("--n-val", type=int, default=d.n_val, help=f"validation clips (default {d.n_val})")
     shapes.add_argument("--seed", type=int, default=d.seed, help="same seed, same attributes and captions")
     shapes.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
     shapes.set_defaults(run=_run_data_shapes)
-    check = tools.add_parser("check", help="load every file of a data set once; list the ones training would skip",
-                             description="Load every file as training would and list the ones it would skip (too "
-                             "short for the frame count included). Exit status 2 when no file can be used.")
-    check.add_argument("root", nargs="?", help="a folder of videos/images or a manifest (.csv/.jsonl); "
-                       "default: data.root of --config")
-    check.add_argument("--manifest", default=None, help="manifest inside root (default: root/manifest.{csv,jsonl} if present)")
-    check.add_argument("--config", help="experiment YAML: check at its data.frames, data.size and data.fps_choices "
-                       "(and its data.root and data.manifest when no root is given)")
-    check.add_argument("--frames", type=int, default=None,
-                       help=f"frames a clip must have, as training's data.frames (default: --config's, else {d.frames})")
+    check = tools.add_parser(
+        "check",
+        help="load every file of a data set once; list the ones training would skip",
+        description="Load every file as training would and list the ones it would skip (too "
+        "short for the frame count included). Exit status 2 when no file can be used.",
+    )
+    check.add_argument(
+        "root", nargs="?", help="a folder of videos/images or a manifest (.csv/.jsonl); default: data.root of --config"
+    )
+    check.add_argument(
+        "--manifest", default=None, help="manifest inside root (default: root/manifest.{csv,jsonl} if present)"
+    )
+    check.add_argument(
+        "--config",
+        help="experiment YAML: check at its data.frames, data.size and data.fps_choices "
+        "(and its data.root and data.manifest when no root is given)",
+    )
+    check.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help=f"frames a clip must have, as training's data.frames (default: --config's, else {d.frames})",
+    )
     check.set_defaults(run=_run_data_check)
 
 
@@ -83,7 +105,9 @@ def _run_data_shapes(args: argparse.Namespace) -> None:
         raise UserError(f"--n-train must be >= 1 and --n-val >= 0 (got {args.n_train}, {args.n_val})")
     started = time.perf_counter()
     out = args.out or next(root for root, variant in EMBEDDED_ROOTS.items() if variant == args.variant)
-    manifest = generate_shapes(out, args.n_train, args.n_val, seed=args.seed, workers=args.workers, variant=args.variant)
+    manifest = generate_shapes(
+        out, args.n_train, args.n_val, seed=args.seed, workers=args.workers, variant=args.variant
+    )
     seconds = time.perf_counter() - started
     n = args.n_train + args.n_val
     print(f"wrote {n} clips in {seconds:.1f} s ({n / seconds:.1f} clips/s) -> {manifest}")
@@ -113,11 +137,15 @@ def _run_data_check(args: argparse.Namespace) -> None:
         except BadFileError as err:
             skips.add(err)  # one warning line each on stderr
             first_bad = first_bad or err
-    print(f"{len(train)} train + {len(val)} val records; {skips.count()} file(s) would be skipped "
-          f"(checked at {frames} frames of {d.size[0]}x{d.size[1]})")
+    print(
+        f"{len(train)} train + {len(val)} val records; {skips.count()} file(s) would be skipped "
+        f"(checked at {frames} frames of {d.size[0]}x{d.size[1]})"
+    )
     if usable == 0:
-        raise DataError(f"{root}: none of its {len(records)} file(s) can be used at {frames} frames (e.g. {first_bad}); "
-                        "the warnings above list each one")
+        raise DataError(
+            f"{root}: none of its {len(records)} file(s) can be used at {frames} frames (e.g. {first_bad}); "
+            "the warnings above list each one"
+        )
 
 
 # ---- fit --------------------------------------------------------------------------------------
@@ -132,9 +160,15 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "experiment resumes from last.ckpt; --new-version starts a fresh run beside it.",
     )
     p.add_argument("config", help="experiment YAML, e.g. experiments/ablation/fit.yaml")
-    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. trainer.max_steps=200 data.root=/videos")
-    p.add_argument("--resume", action="store_true", help="resume from last.ckpt (the default when it exists; "
-                   "kept for explicitness: errors out when there is nothing to resume)")
+    p.add_argument(
+        "overrides", nargs="*", help="key.path=value overrides, e.g. trainer.max_steps=200 data.root=/videos"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume from last.ckpt (the default when it exists; "
+        "kept for explicitness: errors out when there is nothing to resume)",
+    )
     p.add_argument("--new-version", action="store_true", help="start a fresh run in the next free version folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(run=_run_fit)
@@ -151,17 +185,23 @@ def _run_fit(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     last = run_dir_of(cfg) / "checkpoints" / "last.ckpt"
     if args.resume and (args.new_version or not last.exists()):
-        raise UserError(f"--resume: no checkpoint at {last}" if not args.new_version
-                        else "--resume and --new-version exclude each other")
-    run_dir = fit(cfg, resume=not args.new_version, new_version=args.new_version,
-                  enable_progress_bar=not args.no_progress)
+        raise UserError(
+            f"--resume: no checkpoint at {last}"
+            if not args.new_version
+            else "--resume and --new-version exclude each other"
+        )
+    run_dir = fit(
+        cfg, resume=not args.new_version, new_version=args.new_version, enable_progress_bar=not args.no_progress
+    )
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:  # another DDP rank: rank 0 writes summary.json and reports
         return
     summary = json.loads((run_dir / "summary.json").read_text())
-    print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, final val loss "
-          f"{summary['final_val_loss']}, run directory {run_dir}")
+    print(
+        f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, final val loss "
+        f"{summary['final_val_loss']}, run directory {run_dir}"
+    )
 
 
 # ---- evaluate ---------------------------------------------------------------------------------
@@ -169,12 +209,14 @@ def _run_fit(args: argparse.Namespace) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="sample a checkpoint on validation captions and score it (metrics.json)",
+        "evaluate",
+        help="sample a checkpoint on validation captions and score it (metrics.json)",
         description="Generate videos for the run's validation captions and score them. Offline by default: the "
         "embedded set's probe metrics (prompt accuracy, probe-FVD, temporal consistency; they do not compare with "
         "published FVD; skipped on other data, whose validation captions are then the prompts). With detector "
         "files you bring: FVD (TorchScript I3D, stylegan-v protocol), per-frame FID (TorchScript Inception), "
-        "CLIPSIM (open_clip checkpoint). Writes metrics.json in the run directory.")
+        "CLIPSIM (open_clip checkpoint). Writes metrics.json in the run directory.",
+    )
     p.add_argument("checkpoint", help="a .ckpt written by lit-snapvideo fit")
     p.add_argument("--num-videos", type=int, default=32, help="videos per seed (default 32)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds; metrics report mean and std")
@@ -185,8 +227,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fid-detector", help="path to a TorchScript Inception feature network")
     p.add_argument("--clip-model", help="open_clip model name for CLIPSIM, e.g. ViT-B-32")
     p.add_argument("--clip-checkpoint", help="path to that open_clip model's weights")
-    p.add_argument("--sigma-max", type=float, default=None,
-                   help="the sampler's starting sigma (default: the run's diffusion.sigma_max)")
+    p.add_argument(
+        "--sigma-max",
+        type=float,
+        default=None,
+        help="the sampler's starting sigma (default: the run's diffusion.sigma_max)",
+    )
     p.add_argument("--out", help="metrics file (default: <run dir>/metrics.json)")
     p.set_defaults(run=_run_evaluate)
 
@@ -213,13 +259,25 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     module = _load_checkpoint(args.checkpoint)  # clear errors before any work
     if args.sigma_max is not None:
         if not args.sigma_max > module.cfg.diffusion.sigma_min:
-            raise UserError(f"--sigma-max must be > the run's sigma_min {module.cfg.diffusion.sigma_min}, "
-                            f"got {args.sigma_max}")
+            raise UserError(
+                f"--sigma-max must be > the run's sigma_min {module.cfg.diffusion.sigma_min}, got {args.sigma_max}"
+            )
         module.cfg.diffusion.sigma_max = args.sigma_max
     try:
-        metrics = evaluate_checkpoint(args.checkpoint, args.num_videos, args.steps, args.cfg, args.seeds,
-                                      args.batch_size, args.fvd_detector, args.fid_detector, args.clip_model,
-                                      args.clip_checkpoint, out=args.out, module=module)
+        metrics = evaluate_checkpoint(
+            args.checkpoint,
+            args.num_videos,
+            args.steps,
+            args.cfg,
+            args.seeds,
+            args.batch_size,
+            args.fvd_detector,
+            args.fid_detector,
+            args.clip_model,
+            args.clip_checkpoint,
+            out=args.out,
+            module=module,
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
@@ -229,10 +287,13 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 def _add_probe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("probe", help="train (or load) the embedded set's probe network for an experiment's data",
-                       description="The probe (a small video classifier of shape, colour and direction) scores "
-                       "samples offline: prompt accuracy and probe-FVD. It is cached per data set in .cache/probe; "
-                       "this command trains it ahead of a run and prints its validation accuracy.")
+    p = sub.add_parser(
+        "probe",
+        help="train (or load) the embedded set's probe network for an experiment's data",
+        description="The probe (a small video classifier of shape, colour and direction) scores "
+        "samples offline: prompt accuracy and probe-FVD. It is cached per data set in .cache/probe; "
+        "this command trains it ahead of a run and prints its validation accuracy.",
+    )
     p.add_argument("config", help="experiment YAML whose data set the probe is for")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
     p.set_defaults(run=_run_probe)
@@ -251,21 +312,31 @@ def _run_probe(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise UserError(str(err)) from None
     acc = probe.meta.get("val_accuracy", {})
-    print("probe validation accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
-          + f" (trained in {probe.meta.get('train_seconds', 0):.0f} s)")
+    print(
+        "probe validation accuracy: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+        + f" (trained in {probe.meta.get('train_seconds', 0):.0f} s)"
+    )
 
 
 # ---- compare ----------------------------------------------------------------------------------
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="tabulate finished runs beside the paper's Table 2 (markdown)",
-                       description="Read each run directory's summary.json (and metrics.json if evaluated) and "
-                       "write a markdown table with the paper's Table 2 rows beside.")
+    p = sub.add_parser(
+        "compare",
+        help="tabulate finished runs beside the paper's Table 2 (markdown)",
+        description="Read each run directory's summary.json (and metrics.json if evaluated) and "
+        "write a markdown table with the paper's Table 2 rows beside.",
+    )
     p.add_argument("runs", nargs="+", help="run directories, e.g. runs/fit/version_0 runs/unet/version_0")
     p.add_argument("--out", default="results/ablation.md", help="markdown file to write (default results/ablation.md)")
-    p.add_argument("--table", choices=("architectures", "sigma"), default="architectures",
-                   help="architectures: paper Table 2 layout; sigma: Table 3 (runs named sigma_*)")
+    p.add_argument(
+        "--table",
+        choices=("architectures", "sigma"),
+        default="architectures",
+        help="architectures: paper Table 2 layout; sigma: Table 3 (runs named sigma_*)",
+    )
     p.add_argument("--plot", help="also write a PNG of the runs' TensorBoard curves (e.g. docs/curves.png)")
     p.set_defaults(run=_run_compare)
 
@@ -287,21 +358,35 @@ def _run_compare(args: argparse.Namespace) -> None:
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "sample", help="text-to-video sampling from a checkpoint (mp4 files + a GIF grid)",
+        "sample",
+        help="text-to-video sampling from a checkpoint (mp4 files + a GIF grid)",
         description="Sample videos from a checkpoint's EMA weights with EDM's deterministic Heun sampler carrying "
         "sigma_in (paper §2.5), classifier-free guidance, optional dynamic thresholding and oscillating guidance. "
-        "Writes OUT/NNN.mp4 per prompt and OUT/grid.gif.")
-    p.add_argument("checkpoint", help="a .ckpt written by lit-snapvideo fit (e.g. runs/fit/version_0/checkpoints/last.ckpt)")
+        "Writes OUT/NNN.mp4 per prompt and OUT/grid.gif.",
+    )
+    p.add_argument(
+        "checkpoint", help="a .ckpt written by lit-snapvideo fit (e.g. runs/fit/version_0/checkpoints/last.ckpt)"
+    )
     p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeatable)")
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--out", default="samples", help="output folder, or a .mp4 path for a single prompt")
     p.add_argument("--steps", type=int, default=64, help="sampler steps (paper: 256 for stage 1; default 64)")
     p.add_argument("--solver", choices=("heun", "euler"), default="heun")
     p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance weight w: D_u + w (D_c - D_u)")
-    p.add_argument("--threshold", type=float, default=None, metavar="P",
-                   help="dynamic thresholding percentile, e.g. 0.995 (off by default)")
-    p.add_argument("--oscillate-low", type=float, default=None, metavar="W",
-                   help="oscillating guidance: alternate --cfg and W after the first 10%% of steps")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="dynamic thresholding percentile, e.g. 0.995 (off by default)",
+    )
+    p.add_argument(
+        "--oscillate-low",
+        type=float,
+        default=None,
+        metavar="W",
+        help="oscillating guidance: alternate --cfg and W after the first 10%% of steps",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per sampler batch")
     p.add_argument("--fps", type=float, default=None, help="frame-rate conditioning (default: the run's val fps)")
@@ -342,7 +427,9 @@ def _load_checkpoint(path: str):
     except ValueError as err:  # CheckpointError: unsafe pickle, foreign or partial weights
         raise UserError(str(err)) from None
     except Exception as err:  # torch.load on a file that is not a checkpoint at all
-        raise UserError(f"checkpoint {path}: cannot be read as a lit-snapvideo checkpoint ({type(err).__name__}: {err})") from None
+        raise UserError(
+            f"checkpoint {path}: cannot be read as a lit-snapvideo checkpoint ({type(err).__name__}: {err})"
+        ) from None
 
 
 def _check_sample_options(args: argparse.Namespace, prompts: list[str]) -> None:
@@ -384,9 +471,20 @@ def _run_sample(args: argparse.Namespace) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     fps = args.fps if args.fps is not None else module.cfg.logging.sample_fps or module.cfg.data.val_fps
     bar = tqdm(total=len(prompts) * args.steps, desc="sampling", unit="step")
-    videos = generate_videos(module, prompts, args.steps, args.cfg, args.seed, args.batch_size, progress=bar.update,
-                             solver=args.solver, threshold_percentile=args.threshold, oscillate_low=args.oscillate_low,
-                             fps=args.fps, use_ema=not args.raw_weights)
+    videos = generate_videos(
+        module,
+        prompts,
+        args.steps,
+        args.cfg,
+        args.seed,
+        args.batch_size,
+        progress=bar.update,
+        solver=args.solver,
+        threshold_percentile=args.threshold,
+        oscillate_low=args.oscillate_low,
+        fps=args.fps,
+        use_ema=not args.raw_weights,
+    )
     bar.close()
     paths = [out] if single else [folder / f"{i:03d}.mp4" for i in range(len(prompts))]
     write_videos(videos, paths, fps)
@@ -398,21 +496,32 @@ def _run_sample(args: argparse.Namespace) -> None:
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the backbone presets with parameters and forward GFLOPs per video",
-                       description="Every preset of lit_snapvideo/models/presets.py, counted on the meta device "
-                       "(nothing allocated): parameters (text encoder excluded) and FLOPs of one forward pass "
-                       "per video (torch's FlopCounterMode).")
+    p = sub.add_parser(
+        "models",
+        help="list the backbone presets with parameters and forward GFLOPs per video",
+        description="Every preset of lit_snapvideo/models/presets.py, counted on the meta device "
+        "(nothing allocated): parameters (text encoder excluded) and FLOPs of one forward pass "
+        "per video (torch's FlopCounterMode).",
+    )
     p.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
-    p.add_argument("--size", type=int, nargs=2, default=[40, 64], metavar=("H", "W"),
-                   help="padded frame size the backbone sees (default 40 64)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[40, 64],
+        metavar=("H", "W"),
+        help="padded frame size the backbone sees (default 40 64)",
+    )
     p.set_defaults(run=_run_models)
 
 
 def _run_models(args: argparse.Namespace) -> None:
     from .models.presets import PAPER_PRESETS, PRESETS, count_parameters, forward_flops, reference_text_dim
 
-    print(f"{'preset':<11} {'kind':<5} {'paper':>6} {'params':>10} {'GFLOPs/video':>13}  "
-          f"(forward, {args.frames}x{args.size[0]}x{args.size[1]}, text width per preset)")
+    print(
+        f"{'preset':<11} {'kind':<5} {'paper':>6} {'params':>10} {'GFLOPs/video':>13}  "
+        f"(forward, {args.frames}x{args.size[0]}x{args.size[1]}, text width per preset)"
+    )
     for name, spec in PRESETS.items():
         text_dim = reference_text_dim(name)
         try:
@@ -432,12 +541,14 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     from .sweeps import CFG_WEIGHTS, CPU_MAX_STEPS, STEP_COUNTS
 
     p = sub.add_parser(
-        "sweep", help="the paper's Fig. 5 (CFG weight) or Fig. 6 (sampling steps) sweep from checkpoints",
+        "sweep",
+        help="the paper's Fig. 5 (CFG weight) or Fig. 6 (sampling steps) sweep from checkpoints",
         description="Sample the same validation prompts with the same seed at each point of the sweep and score them: "
         "the embedded set's probe metrics (probe-FVD, prompt accuracy), FVD and CLIPSIM when their files are given. "
         f"cfg: weights {', '.join(f'{w:g}' for w in CFG_WEIGHTS)} at --steps Heun steps (Fig. 5). steps: "
         f"{', '.join(map(str, STEP_COUNTS))} Heun steps at --cfg (Fig. 6; on a CPU capped at {CPU_MAX_STEPS}). "
-        "Writes OUT_DIR/sweep_<kind>.csv (rewritten after each point) and .png, one line per checkpoint.")
+        "Writes OUT_DIR/sweep_<kind>.csv (rewritten after each point) and .png, one line per checkpoint.",
+    )
     p.add_argument("kind", choices=("cfg", "steps"), help="cfg: Fig. 5; steps: Fig. 6")
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoints written by lit-snapvideo fit")
     p.add_argument("--values", type=float, nargs="+", default=None, help="the sweep's points (default: the paper's)")
@@ -462,8 +573,10 @@ def _run_sweep(args: argparse.Namespace) -> None:
     from .sweeps import run_sweep
 
     if args.num_videos < 1 or args.steps < 1 or args.batch_size < 1:
-        raise UserError(f"--num-videos, --steps and --batch-size must be >= 1 "
-                        f"(got {args.num_videos}, {args.steps}, {args.batch_size})")
+        raise UserError(
+            f"--num-videos, --steps and --batch-size must be >= 1 "
+            f"(got {args.num_videos}, {args.steps}, {args.batch_size})"
+        )
     if not math.isfinite(args.cfg):
         raise UserError(f"--cfg {args.cfg}: expected a finite guidance weight")
     for v in args.values or ():
@@ -483,9 +596,21 @@ def _run_sweep(args: argparse.Namespace) -> None:
     for checkpoint in args.checkpoints:  # every checkpoint readable before the first one is sampled
         _load_checkpoint(checkpoint)
     try:
-        run_sweep(args.checkpoints, args.kind, args.values, args.num_videos, args.steps, args.cfg, args.seed,
-                  args.batch_size, args.fvd_detector, args.clip_model, args.clip_checkpoint, args.out_dir,
-                  cap=not args.no_cap)
+        run_sweep(
+            args.checkpoints,
+            args.kind,
+            args.values,
+            args.num_videos,
+            args.steps,
+            args.cfg,
+            args.seed,
+            args.batch_size,
+            args.fvd_detector,
+            args.clip_model,
+            args.clip_checkpoint,
+            args.out_dir,
+            cap=not args.no_cap,
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     print(f"wrote {args.out_dir}/sweep_{args.kind}.csv and {args.out_dir}/sweep_{args.kind}.png")
@@ -493,8 +618,19 @@ def _run_sweep(args: argparse.Namespace) -> None:
 
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_config, _add_data, _add_fit, _add_sample, _add_evaluate, _add_probe, _add_compare, _add_models, add_bench,
-               _add_sweep, add_gpu_check]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_config,
+    _add_data,
+    _add_fit,
+    _add_sample,
+    _add_evaluate,
+    _add_probe,
+    _add_compare,
+    _add_models,
+    add_bench,
+    _add_sweep,
+    add_gpu_check,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -502,7 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lit-snapvideo",
         description="Snap Video reproduction kit: Snap-EDM diffusion, FIT transformer vs 3D U-Net, on Lightning.",
     )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error (normally one line)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of a bad-input error (normally one line)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)

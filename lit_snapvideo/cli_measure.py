@@ -17,38 +17,71 @@ from .errors import UserError
 
 # ---- bench ------------------------------------------------------------------------------------
 
-DEFAULT_BENCH_PRESETS = "fit_small,unet_small,fit_500m,unet_284m,unet_85m,fit_3_9b"  # pairs first: a short budget keeps the ratios
+DEFAULT_BENCH_PRESETS = (
+    "fit_small,unet_small,fit_500m,unet_284m,unet_85m,fit_3_9b"  # pairs first: a short budget keeps the ratios
+)
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench", help="throughput tables (paper Table 2 speed columns, FIT/U-Net ratios, MFU) or the scaling sweep",
+        "bench",
+        help="throughput tables (paper Table 2 speed columns, FIT/U-Net ratios, MFU) or the scaling sweep",
         description="Time each preset's training step, one denoiser evaluation and a whole sampling run (warm-up, "
         "synchronised repeats, median and IQR), with FLOPs, MFU and peak memory; write OUT/throughput.{csv,md}. "
         "With --scaling: time both small presets against frames and resolution; write OUT/scaling.{csv,png}. "
-        "Phases that would not fit in memory are skipped with the estimate that says why.")
-    p.add_argument("--presets", default=DEFAULT_BENCH_PRESETS, help=f"comma-separated (default {DEFAULT_BENCH_PRESETS}; "
-                   "--scaling: fit_small,unet_small)")
+        "Phases that would not fit in memory are skipped with the estimate that says why.",
+    )
+    p.add_argument(
+        "--presets",
+        default=DEFAULT_BENCH_PRESETS,
+        help=f"comma-separated (default {DEFAULT_BENCH_PRESETS}; --scaling: fit_small,unet_small)",
+    )
     p.add_argument("--batch-size", type=int, default=1, help="videos per step for every preset (default 1)")
-    p.add_argument("--batch", action="append", default=[], metavar="PRESET=N", help="batch size of one preset (repeatable)")
+    p.add_argument(
+        "--batch", action="append", default=[], metavar="PRESET=N", help="batch size of one preset (repeatable)"
+    )
     p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="backbone input size (default 40 64: the paper's 36x64 padded)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="backbone input size (default 40 64: the paper's 36x64 padded)",
+    )
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast on the backbone")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per phase (>= 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
-    p.add_argument("--sample-steps", type=int, default=8, help="Heun steps of the timed sampling run (2N-1 evaluations)")
+    p.add_argument(
+        "--sample-steps", type=int, default=8, help="Heun steps of the timed sampling run (2N-1 evaluations)"
+    )
     p.add_argument("--phases", default="eval,sample,train", help="which of eval,sample,train to time")
-    p.add_argument("--paper-phases", default=None, help="phases for the four paper presets (default: --phases on a "
-                   "GPU, eval on a CPU, where a paper-size training step takes tens of seconds)")
+    p.add_argument(
+        "--paper-phases",
+        default=None,
+        help="phases for the four paper presets (default: --phases on a "
+        "GPU, eval on a CPU, where a paper-size training step takes tens of seconds)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 on a busy CPU, where "
-                   "threaded kernels stall)")
-    p.add_argument("--time-budget", type=float, default=None, metavar="S", help="seconds for the whole run: phases run "
-                   "in order and one that cannot finish in the time left is skipped, with a note (default: no limit)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="hardware peak for MFU (default: a measured matmul probe)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's; 1 on a busy CPU, where threaded kernels stall)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds for the whole run: phases run "
+        "in order and one that cannot finish in the time left is skipped, with a note (default: no limit)",
+    )
+    p.add_argument(
+        "--peak-tflops", type=float, default=None, help="hardware peak for MFU (default: a measured matmul probe)"
+    )
     p.add_argument("--memory-fraction", type=float, default=0.8, help="share of available memory a phase may need")
     p.add_argument("--scaling", action="store_true", help="run the scaling sweep instead of the table")
     p.add_argument("--out", default="results", help="output folder (default results)")
@@ -74,12 +107,25 @@ def _run_bench(args: argparse.Namespace) -> None:
     paper_phases = split(args.paper_phases) if args.paper_phases else (("eval",) if device == "cpu" else None)
     try:
         settings = BenchSettings(
-            presets=list(split(presets)), batch_size=args.batch_size, batch=batch, frames=args.frames,
-            size=tuple(args.size) if args.size else BenchSettings.size, precision=args.precision,
-            compile=args.compile, grad_checkpointing=args.grad_checkpointing, repeats=args.repeats,
-            warmup=args.warmup, sample_steps=args.sample_steps, phases=split(args.phases), paper_phases=paper_phases,
-            device=device, threads=args.threads, peak_tflops=args.peak_tflops, memory_fraction=args.memory_fraction,
-            time_budget_s=args.time_budget)
+            presets=list(split(presets)),
+            batch_size=args.batch_size,
+            batch=batch,
+            frames=args.frames,
+            size=tuple(args.size) if args.size else BenchSettings.size,
+            precision=args.precision,
+            compile=args.compile,
+            grad_checkpointing=args.grad_checkpointing,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            sample_steps=args.sample_steps,
+            phases=split(args.phases),
+            paper_phases=paper_phases,
+            device=device,
+            threads=args.threads,
+            peak_tflops=args.peak_tflops,
+            memory_fraction=args.memory_fraction,
+            time_budget_s=args.time_budget,
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     if [p for p in batch if p not in settings.presets]:
@@ -101,21 +147,33 @@ def add_gpu_check(sub: argparse._SubParsersAction) -> None:
     from .gpu_check import STAGES
 
     p = sub.add_parser(
-        "gpu-check", help="every GPU measurement in one call under one time budget (issue 20); --dry-run on the CPU",
+        "gpu-check",
+        help="every GPU measurement in one call under one time budget (issue 20); --dry-run on the CPU",
         description="On a GPU: unet_284m and fit_500m throughput at 16x40x64, bf16, batch 8 and 64 (eval, sample, "
         "train), the four paper presets at batch 64 (the memory guard notes what it skipped), both CPU ablation "
         "recipes trained for a fixed wall clock each with samples, probe metrics and ablation.md, and the pair again "
         "with torch.compile (compile time apart from the timed steps). The budget is checked as it goes; each stage "
         "writes its files when it finishes (OUT/gpu_check.md lists them). --dry-run runs every stage at tiny sizes "
-        "on the CPU (about a minute).")
+        "on the CPU (about a minute).",
+    )
     p.add_argument("--out", default=None, help="output folder (default results/gpu; --dry-run: a new temp folder)")
     p.add_argument("--budget", type=float, default=540.0, metavar="S", help="seconds for the whole call (default 540)")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"which stages, in this order (default {','.join(STAGES)})")
+    p.add_argument(
+        "--stages", default=",".join(STAGES), help=f"which stages, in this order (default {','.join(STAGES)})"
+    )
     p.add_argument("--ablation-seconds", type=float, default=90.0, help="training wall clock of each ablation run")
-    p.add_argument("--ablation-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for both ablation runs (repeatable), e.g. data.batch_size=32")
-    p.add_argument("--data-root", default=None, help="the ablation's data set (default: the recipe's data/shapes_simple, "
-                   "made if missing)")
+    p.add_argument(
+        "--ablation-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for both ablation runs (repeatable), e.g. data.batch_size=32",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="the ablation's data set (default: the recipe's data/shapes_simple, made if missing)",
+    )
     p.add_argument("--dry-run", action="store_true", help="tiny presets, clips and data on the CPU: checks every stage")
     p.set_defaults(run=_run_gpu_check)
 
@@ -127,10 +185,15 @@ def _run_gpu_check(args: argparse.Namespace) -> None:
 
     out = args.out or (tempfile.mkdtemp(prefix="gpu_check_dry_") if args.dry_run else "results/gpu")
     try:
-        settings = CheckSettings(out=out, budget_s=args.budget, dry_run=args.dry_run,
-                                 stages=tuple(x.strip() for x in args.stages.split(",") if x.strip()),
-                                 ablation_seconds=args.ablation_seconds,
-                                 ablation_overrides=tuple(args.ablation_override), data_root=args.data_root)
+        settings = CheckSettings(
+            out=out,
+            budget_s=args.budget,
+            dry_run=args.dry_run,
+            stages=tuple(x.strip() for x in args.stages.split(",") if x.strip()),
+            ablation_seconds=args.ablation_seconds,
+            ablation_overrides=tuple(args.ablation_override),
+            data_root=args.data_root,
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     check = run_check(settings)

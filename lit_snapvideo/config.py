@@ -28,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
-    GrammarParseError,
     OmegaConfBaseException,
     ValidationError,
 )
@@ -208,8 +207,10 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if data is None:  # an empty file is more likely a mistake than a wish for every default
-        raise ConfigError(f"{path}: the file is empty (expected sections such as model:, data:, trainer:; "
-                          "write '{}' for all defaults)")
+        raise ConfigError(
+            f"{path}: the file is empty (expected sections such as model:, data:, trainer:; "
+            "write '{}' for all defaults)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
     return data
@@ -339,17 +340,27 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
     check(t.max_steps > 0, "trainer.max_steps", "an integer > 0", t.max_steps)
     check(t.val_every_n_steps > 0, "trainer.val_every_n_steps", "an integer > 0", t.val_every_n_steps)
     check(t.log_every_n_steps > 0, "trainer.log_every_n_steps", "an integer > 0", t.log_every_n_steps)
-    check(t.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps", "an integer >= 0 (0: off)",
-          t.checkpoint_every_n_steps)
+    check(
+        t.checkpoint_every_n_steps >= 0,
+        "trainer.checkpoint_every_n_steps",
+        "an integer >= 0 (0: off)",
+        t.checkpoint_every_n_steps,
+    )
     check(t.num_nodes >= 1, "trainer.num_nodes", "an integer >= 1", t.num_nodes)
     check(
         t.precision in ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true"),
-        "trainer.precision", "auto, 32-true, bf16-mixed, bf16-true, 16-mixed or 64-true", t.precision,
+        "trainer.precision",
+        "auto, 32-true, bf16-mixed, bf16-true, 16-mixed or 64-true",
+        t.precision,
     )
     check(o.name in ("auto", "adam", "adamw", "lamb"), "optim.name", "auto, adam, adamw or lamb", o.name)
     check(o.lr is None or o.lr > 0, "optim.lr", "a number > 0 (or null: the paper's)", o.lr)
-    check(o.betas is None or (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)), "optim.betas",
-          "two numbers in [0, 1) (or null: the paper's)", None if o.betas is None else list(o.betas))
+    check(
+        o.betas is None or (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas)),
+        "optim.betas",
+        "two numbers in [0, 1) (or null: the paper's)",
+        None if o.betas is None else list(o.betas),
+    )
     check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
     check(o.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0", o.warmup_steps)
     check(o.schedule in ("cosine", "constant"), "optim.schedule", "cosine or constant", o.schedule)
@@ -361,9 +372,16 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
     check(len(dat.size) == 2 and min(dat.size) > 0, "data.size", "[H, W] with H, W > 0", list(dat.size))
     check(
         len(dat.pad_to) == 2 and dat.pad_to[0] >= dat.size[0] and dat.pad_to[1] >= dat.size[1],
-        "data.pad_to", f"[H, W] at least data.size {list(dat.size)}", list(dat.pad_to),
+        "data.pad_to",
+        f"[H, W] at least data.size {list(dat.size)}",
+        list(dat.pad_to),
     )
-    check(len(dat.fps_choices) > 0 and min(dat.fps_choices) > 0, "data.fps_choices", "a non-empty list of fps > 0", list(dat.fps_choices))
+    check(
+        len(dat.fps_choices) > 0 and min(dat.fps_choices) > 0,
+        "data.fps_choices",
+        "a non-empty list of fps > 0",
+        list(dat.fps_choices),
+    )
     check(0 <= dat.image_fraction <= 1, "data.image_fraction", "a fraction in [0, 1]", dat.image_fraction)
     check(dat.batch_size >= 1, "data.batch_size", "an integer >= 1", dat.batch_size)
     check(dat.num_workers >= 0, "data.num_workers", "an integer >= 0", dat.num_workers)
@@ -374,8 +392,12 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
         folder = OmegaConf.select(cfg, key)
         blocker = file_in_the_way(folder)
         check(blocker is None, key, f"a folder; {blocker} is a file", folder)
-    problem = backbone_problem(cfg.model.preset, json.dumps(OmegaConf.to_container(cfg.model.overrides, resolve=True),
-                               sort_keys=True), cfg.data.frames, *cfg.data.pad_to)
+    problem = backbone_problem(
+        cfg.model.preset,
+        json.dumps(OmegaConf.to_container(cfg.model.overrides, resolve=True), sort_keys=True),
+        cfg.data.frames,
+        *cfg.data.pad_to,
+    )
     if problem:
         named = re.match(r"bad value for '([\w.]+)'", problem)  # the preset or its overrides alone, else the clip too
         keys = (named[1],) if named else ("model.preset", "model.overrides", "data.frames", "data.pad_to")
@@ -411,8 +433,10 @@ def backbone_problem(preset: str, overrides_json: str, frames: int, height: int,
         with torch.no_grad():
             model(x, c_noise, cond)
     except (RuntimeError, ValueError) as err:
-        return (f"the clip data.frames x data.pad_to = {frames} x [{height}, {width}] does not fit model.preset="
-                f"{preset}: {str(err).splitlines()[0]}")
+        return (
+            f"the clip data.frames x data.pad_to = {frames} x [{height}, {width}] does not fit model.preset="
+            f"{preset}: {str(err).splitlines()[0]}"
+        )
     return None
 
 

@@ -68,8 +68,10 @@ class SnapEDM:
         return cls(d.sigma_data, d.sigma_in, d.framework, d.p_mean, d.p_std, dtype=dtype)
 
     def __repr__(self) -> str:
-        return (f"SnapEDM(framework={self.framework!r}, sigma_data={self.sigma_data}, sigma_in={self.sigma_in}, "
-                f"P_mean={self.p_mean}, P_std={self.p_std})")
+        return (
+            f"SnapEDM(framework={self.framework!r}, sigma_data={self.sigma_data}, sigma_in={self.sigma_in}, "
+            f"P_mean={self.p_mean}, P_std={self.p_std})"
+        )
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -97,7 +99,9 @@ class SnapEDM:
         sigma, sd = self._as(sigma), self.sigma_data
         return 1 / (sd * torch.sqrt(sigma**2 + sd**2))
 
-    def scalings(self, sigma: Tensor | float, sigma_in: Tensor | float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def scalings(
+        self, sigma: Tensor | float, sigma_in: Tensor | float | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(c_skip, c_out, c_in, c_noise), each shaped like ``sigma``."""
         sigma = self._as(sigma)
         s, sd = self._sigma_in(sigma_in, sigma), self.sigma_data
@@ -164,8 +168,9 @@ class SnapEDM:
         x_hat = self.combine(x_sigma, F, sigma, sigma_in)
         return (x_hat, state) if return_state else x_hat
 
-    def network_output(self, net: Network, x_sigma: Tensor, sigma: Tensor | float,
-                       sigma_in: Tensor | float | None = None, **cond: Any) -> tuple[Tensor, Any]:
+    def network_output(
+        self, net: Network, x_sigma: Tensor, sigma: Tensor | float, sigma_in: Tensor | float | None = None, **cond: Any
+    ) -> tuple[Tensor, Any]:
         """(F in ``dtype``, state): one network call on the preconditioned input."""
         x_sigma = x_sigma.to(self.dtype)
         sigma = self._as(sigma, x_sigma)
@@ -176,7 +181,9 @@ class SnapEDM:
         F, state = out if isinstance(out, tuple) else (out, None)
         return F.to(self.dtype), state
 
-    def combine(self, x_sigma: Tensor, F: Tensor, sigma: Tensor | float, sigma_in: Tensor | float | None = None) -> Tensor:
+    def combine(
+        self, x_sigma: Tensor, F: Tensor, sigma: Tensor | float, sigma_in: Tensor | float | None = None
+    ) -> Tensor:
         """D = c_skip * x_sigma + c_out * F."""
         x_sigma = x_sigma.to(self.dtype)
         c_skip, c_out, _, _ = self.scalings(self._as(sigma, x_sigma), sigma_in)

@@ -17,5 +17,5 @@ def one_line(err: BaseException) -> str:
     if "\nOriginal Traceback" in text:
         last = text.splitlines()[-1]
         prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
-        text = last[len(prefix):] if last.startswith(prefix) else last
+        text = last[len(prefix) :] if last.startswith(prefix) else last
     return " ".join(text.split("\n")).strip()

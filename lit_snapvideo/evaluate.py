@@ -36,8 +36,9 @@ DENOISE_SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0, 80.0)  # from detail (0.3) to where
 
 
 @torch.no_grad()
-def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = DENOISE_SIGMAS, seed: int = 0,
-                    chain_steps: int = 24) -> dict:
+def denoising_check(
+    module: Any, num_clips: int = 8, sigmas: Sequence[float] = DENOISE_SIGMAS, seed: int = 0, chain_steps: int = 24
+) -> dict:
     """How well the EMA denoiser recovers validation clips at fixed noise levels, and how much the caption moves it.
 
     The first ``num_clips`` validation clips, one fixed noise draw, no self-conditioning state (the sampler's first
@@ -87,8 +88,9 @@ def denoising_check(module: Any, num_clips: int = 8, sigmas: Sequence[float] = D
         for s in schedule.tolist():
             sigma = torch.full((b,), s, device=module.device)
             x_sigma = module.edm.noise(x, sigma, eps, sigma_in)
-            d_chain, latents = module.edm.denoise(module.conditioned(net, cond, latents), x_sigma, sigma, sigma_in,
-                                                  return_state=True)
+            d_chain, latents = module.edm.denoise(
+                module.conditioned(net, cond, latents), x_sigma, sigma, sigma_in, return_state=True
+            )
             chain_mse.append((d_chain - x).pow(2).mean((1, 2, 3, 4)))
         for s, step in zip(sigmas, nearest):
             terms[f"denoise/chain_mse_sigma_{s:g}"] = chain_mse[step]
@@ -131,9 +133,14 @@ def evaluate_checkpoint(
     bar = tqdm(total=len(prompts) * len(seeds) * steps, desc="evaluate: sampling", unit="step", disable=not progress)
     sets = [evaluation_videos(module, prompts, steps, cfg_scale, s, batch_size, bar.update) for s in seeds]
     bar.close()
-    metrics: dict[str, Any] = {"checkpoint": str(checkpoint), "num_videos": len(prompts), "seeds": list(seeds),
-                               "steps": steps, "cfg_scale": cfg_scale,
-                               "sigma_max": float(cfg.diffusion.sigma_max)}
+    metrics: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "num_videos": len(prompts),
+        "seeds": list(seeds),
+        "steps": steps,
+        "cfg_scale": cfg_scale,
+        "sigma_max": float(cfg.diffusion.sigma_max),
+    }
     metrics.update(denoising_check(module))
     train, val = load_records(cfg.data.root, cfg.data.manifest)
     foreign = next((r.caption for r in train + val if not is_shapes_caption(r.caption)), None)
@@ -147,8 +154,12 @@ def evaluate_checkpoint(
             if len(per_seed) > 1:
                 metrics[f"{key}_std"] = float(values.std())
     else:  # the probe learns from the moving-shapes captions; other data has no such labels
-        log.warning("evaluate: probe metrics skipped: %s is not the moving-shapes set (caption %r); FVD, FID and "
-                    "CLIPSIM score it with detector files", cfg.data.root, foreign)
+        log.warning(
+            "evaluate: probe metrics skipped: %s is not the moving-shapes set (caption %r); FVD, FID and "
+            "CLIPSIM score it with detector files",
+            cfg.data.root,
+            foreign,
+        )
     if fvd_detector or fid_detector:
         dm = EDMDataModule(cfg)
         dm.setup("validate")
@@ -157,8 +168,14 @@ def evaluate_checkpoint(
         from .metrics.fvd import FVD, real_stats_key
 
         fvd = FVD(fvd_detector, cache_dir=fvd_cache, num_videos=min(len(prompts), len(real)), frames=cfg.data.frames)
-        key = real_stats_key(data_fingerprint(cfg.data.root, cfg.data.manifest), "val", len(real), cfg.data.frames,
-                             cfg.data.size, cfg.data.val_fps)
+        key = real_stats_key(
+            data_fingerprint(cfg.data.root, cfg.data.manifest),
+            "val",
+            len(real),
+            cfg.data.frames,
+            cfg.data.size,
+            cfg.data.val_fps,
+        )
         metrics.update(fvd.score(sets, fvd.real_stats(real, key=key)))
     if fid_detector:
         from .metrics.fid import FID

@@ -42,8 +42,16 @@ def validation_prompts(root: str, manifest: Optional[str], n: int) -> list[str]:
     return (captions * (n // len(captions) + 1))[:n]
 
 
-def generate_videos(module: Any, prompts: Sequence[str], steps: int, cfg_scale: float, seed: int,
-                    batch_size: int = 8, progress: Optional[Callable[[int], Any]] = None, **sampler: Any) -> Tensor:
+def generate_videos(
+    module: Any,
+    prompts: Sequence[str],
+    steps: int,
+    cfg_scale: float,
+    seed: int,
+    batch_size: int = 8,
+    progress: Optional[Callable[[int], Any]] = None,
+    **sampler: Any,
+) -> Tensor:
     """(N, 3, T, h, w) samples in [-1, 1] on the CPU, the padding cropped to ``data.size``.
 
     ``batch_size`` prompts per sampler call; the call from prompt ``i`` on samples with seed ``seed + i``.
@@ -58,8 +66,15 @@ def generate_videos(module: Any, prompts: Sequence[str], steps: int, cfg_scale: 
     return torch.cat(out)
 
 
-def evaluation_videos(module: Any, prompts: Sequence[str], steps: int, cfg_scale: float, seed: int,
-                      batch_size: int = 8, progress: Optional[Callable[[int], Any]] = None) -> Tensor:
+def evaluation_videos(
+    module: Any,
+    prompts: Sequence[str],
+    steps: int,
+    cfg_scale: float,
+    seed: int,
+    batch_size: int = 8,
+    progress: Optional[Callable[[int], Any]] = None,
+) -> Tensor:
     """The set a metric scores for sampling seed ``seed``: :func:`generate_videos` from ``seed * SEED_SPACING``."""
     return generate_videos(module, prompts, steps, cfg_scale, seed * SEED_SPACING, batch_size, progress)
 
@@ -70,8 +85,9 @@ def write_videos(videos: Tensor, paths: Sequence[Path], fps: float) -> None:
         write_video(path, frames, fps=fps if fps != float("inf") else 8.0)
 
 
-def video_grid_frames(videos: Tensor, columns: Optional[int] = None, scale: int = 2,
-                      border: int = 2) -> list[Image.Image]:
+def video_grid_frames(
+    videos: Tensor, columns: Optional[int] = None, scale: int = 2, border: int = 2
+) -> list[Image.Image]:
     """(B, 3, T, H, W) in [-1, 1] -> T PIL frames of a grid of the B videos, ``columns`` to a row (default
     min(B, GRID_COLUMNS)), white ``border`` pixels between them, upscaled ``scale`` x (nearest)."""
     b, _, t, h, w = videos.shape
@@ -84,7 +100,9 @@ def video_grid_frames(videos: Tensor, columns: Optional[int] = None, scale: int 
         y, x = border + r * (h + border), border + c * (w + border)
         canvas[:, y : y + h, x : x + w] = frames[i]
     images = [Image.fromarray(frame) for frame in canvas]
-    return [img.resize((img.width * scale, img.height * scale), Image.NEAREST) for img in images] if scale > 1 else images
+    return (
+        [img.resize((img.width * scale, img.height * scale), Image.NEAREST) for img in images] if scale > 1 else images
+    )
 
 
 def gif_bytes(frames: list[Image.Image], fps: float = 8.0) -> bytes:
@@ -94,8 +112,9 @@ def gif_bytes(frames: list[Image.Image], fps: float = 8.0) -> bytes:
     return buf.getvalue()
 
 
-def write_grid(path: Path, videos: Tensor, prompts: Optional[Sequence[str]] = None,
-               fps: float = 8.0) -> tuple[bytes, tuple[int, int]]:
+def write_grid(
+    path: Path, videos: Tensor, prompts: Optional[Sequence[str]] = None, fps: float = 8.0
+) -> tuple[bytes, tuple[int, int]]:
     """The GIF grid of ``videos`` at ``path`` and, given ``prompts``, ``prompts.txt`` beside it (one line per video,
     in grid order). Returns the GIF and its frame size (width, height), e.g. for TensorBoard."""
     frames = video_grid_frames(videos)
@@ -110,5 +129,6 @@ def write_grid(path: Path, videos: Tensor, prompts: Optional[Sequence[str]] = No
 def grid_legend(prompts: Sequence[str]) -> str:
     """The prompts of a :func:`video_grid_frames` grid in its order (markdown, e.g. a TensorBoard description)."""
     columns = min(len(prompts), GRID_COLUMNS)
-    return (f"Prompts, left to right and top to bottom ({columns} per row):\n\n"
-            + "\n".join(f"{i + 1}. {prompt}" for i, prompt in enumerate(prompts)))
+    return f"Prompts, left to right and top to bottom ({columns} per row):\n\n" + "\n".join(
+        f"{i + 1}. {prompt}" for i, prompt in enumerate(prompts)
+    )

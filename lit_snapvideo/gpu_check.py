@@ -30,8 +30,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import paper
-from .bench import (PHASES, THROUGHPUT_COLUMNS, BenchSettings, hardware_info, measure_all, plan_preset,
-                    reference_peak, speedups, write_csv)
+from .bench import (
+    PHASES,
+    THROUGHPUT_COLUMNS,
+    BenchSettings,
+    hardware_info,
+    measure_all,
+    plan_preset,
+    reference_peak,
+    speedups,
+    write_csv,
+)
 from .report import fmt
 
 STAGES = ("throughput", "presets", "ablation", "compile")
@@ -40,11 +49,21 @@ EXTRA_PRESETS = ("unet_85m", "fit_3_9b")
 CHECK_COLUMNS = THROUGHPUT_COLUMNS + [f"{p}_warmup_s" for p in PHASES]
 # files a run writes (the gifs when the ablation stage ran; the test checks them all after a dry run);
 # ablation_runs/ holds the two run directories
-PROMISED = ("gpu_check.md", "gpu_check.json", "gpu_check.log", "throughput_b8_b64.csv", "throughput_b8_b64.md",
-            "ablation.md", "ablation_fit_samples.gif", "ablation_unet_samples.gif")
-NOT_MEASURED = ("Not measured yet: nothing here ran on a GPU. `make gpu-check` on a GPU machine replaces this file "
-                f"with the batch-8 and batch-64 numbers and the FIT/U-Net ratios beside the paper's "
-                f"{paper.speedup('train_ms'):.2f}x / {paper.speedup('infer_ms'):.2f}x.")
+PROMISED = (
+    "gpu_check.md",
+    "gpu_check.json",
+    "gpu_check.log",
+    "throughput_b8_b64.csv",
+    "throughput_b8_b64.md",
+    "ablation.md",
+    "ablation_fit_samples.gif",
+    "ablation_unet_samples.gif",
+)
+NOT_MEASURED = (
+    "Not measured yet: nothing here ran on a GPU. `make gpu-check` on a GPU machine replaces this file "
+    f"with the batch-8 and batch-64 numbers and the FIT/U-Net ratios beside the paper's "
+    f"{paper.speedup('train_ms'):.2f}x / {paper.speedup('infer_ms'):.2f}x."
+)
 
 
 @dataclass
@@ -78,16 +97,30 @@ class CheckSettings:
         if bad:
             raise ValueError(f"unknown stage(s) {bad}; valid: {', '.join(STAGES)}")
         if self.budget_s <= 0 or self.ablation_seconds <= 0:
-            raise ValueError(f"the budget and ablation seconds must be > 0 (got {self.budget_s}, {self.ablation_seconds})")
+            raise ValueError(
+                f"the budget and ablation seconds must be > 0 (got {self.budget_s}, {self.ablation_seconds})"
+            )
 
     def resolved(self) -> "CheckSettings":
         """The dry run's tiny sizes: fit_tiny / unet_tiny, 8x16x16 clips, batches 2 and 4, fp32, in-process."""
         if not self.dry_run:
             return self
         return dataclasses.replace(
-            self, pair=("unet_tiny", "fit_tiny"), extra_presets=("unet_tiny", "fit_tiny"), batches=(2, 4),
-            sample_steps={2: 2, 4: 1}, frames=8, size=(16, 16), precision="fp32", isolate=False, device="cpu",
-            available_gib=1e-4, ablation_seconds=min(self.ablation_seconds, 30.0), eval_videos=2, eval_steps=2)
+            self,
+            pair=("unet_tiny", "fit_tiny"),
+            extra_presets=("unet_tiny", "fit_tiny"),
+            batches=(2, 4),
+            sample_steps={2: 2, 4: 1},
+            frames=8,
+            size=(16, 16),
+            precision="fp32",
+            isolate=False,
+            device="cpu",
+            available_gib=1e-4,
+            ablation_seconds=min(self.ablation_seconds, 30.0),
+            eval_videos=2,
+            eval_steps=2,
+        )
 
 
 def max_time(seconds: float) -> str:
@@ -123,17 +156,29 @@ class Check:
 
     # ---- throughput ------------------------------------------------------------------------------------
 
-    def bench_settings(self, presets: list[str], batch: int, compile: bool, reserve_s: float,
-                       available_gib: Optional[float] = None) -> BenchSettings:
+    def bench_settings(
+        self, presets: list[str], batch: int, compile: bool, reserve_s: float, available_gib: Optional[float] = None
+    ) -> BenchSettings:
         s = self.s
-        return BenchSettings(presets=presets, batch_size=batch, frames=s.frames, size=s.size, precision=s.precision,
-                             compile=compile, sample_steps=s.sample_steps[batch], device=s.device,
-                             threads=1 if s.dry_run else None, memory_fraction=s.memory_fraction,
-                             available_gib=available_gib,
-                             isolate=s.isolate, time_budget_s=max(1.0, self.left() - reserve_s))
+        return BenchSettings(
+            presets=presets,
+            batch_size=batch,
+            frames=s.frames,
+            size=s.size,
+            precision=s.precision,
+            compile=compile,
+            sample_steps=s.sample_steps[batch],
+            device=s.device,
+            threads=1 if s.dry_run else None,
+            memory_fraction=s.memory_fraction,
+            available_gib=available_gib,
+            isolate=s.isolate,
+            time_budget_s=max(1.0, self.left() - reserve_s),
+        )
 
-    def measure(self, presets: list[str], batch: int, compile: bool, reserve_s: float,
-                available_gib: Optional[float] = None) -> list[dict]:
+    def measure(
+        self, presets: list[str], batch: int, compile: bool, reserve_s: float, available_gib: Optional[float] = None
+    ) -> list[dict]:
         """Plan (memory guard) and measure ``presets`` at ``batch``, leaving ``reserve_s`` of the budget."""
         settings = self.bench_settings(presets, batch, compile, reserve_s, available_gib)
         if self.peak is None:
@@ -190,11 +235,22 @@ class Check:
             root = Path(s.data_root or work / "shapes")
             if not (root / "manifest.csv").is_file():
                 generate_shapes(root, n_train=24, n_val=4, seed=0, workers=1, variant="simple")
-            overrides += ["data.frames=8", "data.size=[16,32]", "data.pad_to=[16,32]", "data.batch_size=2",
-                          "data.val_batch_size=2", "data.limit_val_clips=2", "text.max_length=8",
-                          "trainer.max_steps=3", "trainer.val_every_n_steps=3", "optim.warmup_steps=2",
-                          "logging.sample_steps=2", "logging.sample_every_n_steps=0",
-                          "logging.quality_every_n_steps=0", f"text.cache_dir={work / 'text_cache'}"]
+            overrides += [
+                "data.frames=8",
+                "data.size=[16,32]",
+                "data.pad_to=[16,32]",
+                "data.batch_size=2",
+                "data.val_batch_size=2",
+                "data.limit_val_clips=2",
+                "text.max_length=8",
+                "trainer.max_steps=3",
+                "trainer.val_every_n_steps=3",
+                "optim.warmup_steps=2",
+                "logging.sample_steps=2",
+                "logging.sample_every_n_steps=0",
+                "logging.quality_every_n_steps=0",
+                f"text.cache_dir={work / 'text_cache'}",
+            ]
             probe_kwargs.update(steps=3, batch_size=4, max_train=16)
         else:
             root = Path(s.data_root or load_config("experiments/ablation/fit.yaml").data.root)
@@ -207,12 +263,16 @@ class Check:
             self.log(f"ablation: made {root} in {time.perf_counter() - started:.0f} s")
         probe_cache = str(work / "probe") if s.dry_run else ".cache/probe"
         tiny = lambda kind: [f"model.preset={kind}_tiny"] if s.dry_run else []
-        configs = {kind: load_config(f"experiments/ablation/{kind}.yaml",
-                                     overrides + tiny(kind) + list(s.ablation_overrides)) for kind in ("fit", "unet")}
+        configs = {
+            kind: load_config(f"experiments/ablation/{kind}.yaml", overrides + tiny(kind) + list(s.ablation_overrides))
+            for kind in ("fit", "unet")
+        }
         started = time.perf_counter()
         probe = probe_for(configs["fit"], probe_cache, **probe_kwargs)
-        self.log(f"ablation: probe ready in {time.perf_counter() - started:.0f} s "
-                 f"(validation accuracy {probe.meta.get('val_accuracy', {}).get('all', float('nan')):.2f})")
+        self.log(
+            f"ablation: probe ready in {time.perf_counter() - started:.0f} s "
+            f"(validation accuracy {probe.meta.get('val_accuracy', {}).get('all', float('nan')):.2f})"
+        )
         run_dirs, stopped = [], ""
         for i, (kind, cfg) in enumerate(configs.items()):
             # each run gets the same wall clock; what is left after training goes to sampling and scoring
@@ -224,17 +284,29 @@ class Check:
             shutil.rmtree(runs_root / cfg.logging.experiment, ignore_errors=True)  # a fresh run, never a resume
             run_dir = fit(cfg, resume=False, enable_progress_bar=False)
             summary = json.loads((run_dir / "summary.json").read_text())
-            self.log(f"ablation {kind}: {summary['steps']} steps in {summary['wall_time_s']:.0f} s "
-                     f"(max_time {cfg.trainer.max_time}), val loss {summary['final_val_loss']}")
+            self.log(
+                f"ablation {kind}: {summary['steps']} steps in {summary['wall_time_s']:.0f} s "
+                f"(max_time {cfg.trainer.max_time}), val loss {summary['final_val_loss']}"
+            )
             module = load_module(str(run_dir / "checkpoints" / "last.ckpt")).to(device)
             prompts = validation_prompts(cfg.data.root, cfg.data.manifest, min(8, s.eval_videos))
             videos = evaluation_videos(module, prompts, s.eval_steps, 2.0, seed=0, batch_size=8)
             write_grid(self.out / f"ablation_{kind}_samples.gif", videos)
-            metrics = evaluate_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), s.eval_videos, s.eval_steps,
-                                          batch_size=16, probe_cache=probe_cache, out=str(run_dir / "metrics.json"),
-                                          progress=False, probe_kwargs=probe_kwargs, module=module)
-            self.log(f"ablation {kind}: prompt accuracy {fmt(metrics.get('probe/prompt_accuracy'), 3)}, "
-                     f"probe-FVD {fmt(metrics.get('probe/fvd'), 1)}")
+            metrics = evaluate_checkpoint(
+                str(run_dir / "checkpoints" / "last.ckpt"),
+                s.eval_videos,
+                s.eval_steps,
+                batch_size=16,
+                probe_cache=probe_cache,
+                out=str(run_dir / "metrics.json"),
+                progress=False,
+                probe_kwargs=probe_kwargs,
+                module=module,
+            )
+            self.log(
+                f"ablation {kind}: prompt accuracy {fmt(metrics.get('probe/prompt_accuracy'), 3)}, "
+                f"probe-FVD {fmt(metrics.get('probe/fvd'), 1)}"
+            )
             run_dirs.append(run_dir)
             del module
             if device == "cuda":
@@ -243,11 +315,13 @@ class Check:
             return stopped
         text = compare_runs(run_dirs, self.out / "ablation.md")
         runs = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
-        where = "; ".join(f"{r['experiment']}: {r['device']}, precision {r['precision']}, max_time {r['max_time']}"
-                          for r in runs)  # compare_runs describes CPU runs; these ran here
+        where = "; ".join(
+            f"{r['experiment']}: {r['device']}, precision {r['precision']}, max_time {r['max_time']}" for r in runs
+        )  # compare_runs describes CPU runs; these ran here
         head, rest = text.split("\n", 1)
-        (self.out / "ablation.md").write_text(f"{head}\n\ngpu-check runs ({where}); samples: "
-                                              f"ablation_{{fit,unet}}_samples.gif.\n{rest}")
+        (self.out / "ablation.md").write_text(
+            f"{head}\n\ngpu-check runs ({where}); samples: ablation_{{fit,unet}}_samples.gif.\n{rest}"
+        )
         return stopped or f"{len(run_dirs)} runs"
 
     # ---- the record --------------------------------------------------------------------------------------
@@ -271,16 +345,29 @@ class Check:
         self.write_summary()
 
     def write_summary(self) -> None:
-        info = {"dry_run": self.s.dry_run, "budget_s": self.s.budget_s, "elapsed_s": round(time.time() - self.started, 1),
-                "stages": self.stages, "settings": {k: v for k, v in dataclasses.asdict(self.s).items() if k != "out"}}
+        info = {
+            "dry_run": self.s.dry_run,
+            "budget_s": self.s.budget_s,
+            "elapsed_s": round(time.time() - self.started, 1),
+            "stages": self.stages,
+            "settings": {k: v for k, v in dataclasses.asdict(self.s).items() if k != "out"},
+        }
         (self.out / "gpu_check.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-        lines = [f"# gpu-check{' (dry run: tiny sizes on the CPU, not a measurement)' if self.s.dry_run else ''}", "",
-                 f"Budget {self.s.budget_s:.0f} s, {info['elapsed_s']:.0f} s used. Command: `make gpu-check` "
-                 f"(`lit-snapvideo gpu-check`); the log is gpu_check.log.", "",
-                 "| stage | status | seconds | notes |", "|---|---|---|---|"]
+        lines = [
+            f"# gpu-check{' (dry run: tiny sizes on the CPU, not a measurement)' if self.s.dry_run else ''}",
+            "",
+            f"Budget {self.s.budget_s:.0f} s, {info['elapsed_s']:.0f} s used. Command: `make gpu-check` "
+            f"(`lit-snapvideo gpu-check`); the log is gpu_check.log.",
+            "",
+            "| stage | status | seconds | notes |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {r['stage']} | {r['status']} | {r['seconds']:.0f} | {r['notes']} |" for r in self.stages]
-        lines += ["", "Files: throughput_b8_b64.{csv,md} (throughput, presets, compile), ablation.md, "
-                  "ablation_{fit,unet}_samples.gif, ablation_runs/ (run directories with summary.json, metrics.json)."]
+        lines += [
+            "",
+            "Files: throughput_b8_b64.{csv,md} (throughput, presets, compile), ablation.md, "
+            "ablation_{fit,unet}_samples.gif, ablation_runs/ (run directories with summary.json, metrics.json).",
+        ]
         (self.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
@@ -291,24 +378,33 @@ def throughput_markdown(rows: list[dict], s: CheckSettings, peak: Optional[dict]
     if s.dry_run or not rows:
         lines += [NOT_MEASURED, ""]
     if info:
-        lines.append(f"- Hardware: {info['hardware']}; torch {info['torch']} ({info['threads']}), Python {info['python']}")
-    lines += [f"- Clip {s.frames}x{s.size[0]}x{s.size[1]}, {s.precision}; sample phase: "
-              + ", ".join(f"batch {b}: {n} Heun steps with CFG" for b, n in s.sample_steps.items())
-              + "; ms per video, median [IQR] of 5 repeats after 1 warm-up call (lit_snapvideo/bench/timing.py).",
-              "- Warm-up s: the untimed first call(s) of each phase; with torch.compile it holds the compilation, "
-              "so compile time ~ compiled warm-up minus eager warm-up.",
-              f"- MFU reference: {peak['label'] if peak else '-'}. Command: `make gpu-check`.", "",
-              "| preset | batch | compile | train ms | eval ms | sample ms | train MFU | eval MFU | "
-              "warm-up s (eval/sample/train) | peak GiB (eval/sample/train) | notes |", "|" + "---|" * 11]
-    cell = lambda r, p: (f"{r[f'{p}_ms']:.1f} [{r[f'{p}_q1_ms']:.1f}-{r[f'{p}_q3_ms']:.1f}]"
-                         if r.get(f"{p}_ms") is not None else "-")
+        lines.append(
+            f"- Hardware: {info['hardware']}; torch {info['torch']} ({info['threads']}), Python {info['python']}"
+        )
+    lines += [
+        f"- Clip {s.frames}x{s.size[0]}x{s.size[1]}, {s.precision}; sample phase: "
+        + ", ".join(f"batch {b}: {n} Heun steps with CFG" for b, n in s.sample_steps.items())
+        + "; ms per video, median [IQR] of 5 repeats after 1 warm-up call (lit_snapvideo/bench/timing.py).",
+        "- Warm-up s: the untimed first call(s) of each phase; with torch.compile it holds the compilation, "
+        "so compile time ~ compiled warm-up minus eager warm-up.",
+        f"- MFU reference: {peak['label'] if peak else '-'}. Command: `make gpu-check`.",
+        "",
+        "| preset | batch | compile | train ms | eval ms | sample ms | train MFU | eval MFU | "
+        "warm-up s (eval/sample/train) | peak GiB (eval/sample/train) | notes |",
+        "|" + "---|" * 11,
+    ]
+    cell = lambda r, p: (
+        f"{r[f'{p}_ms']:.1f} [{r[f'{p}_q1_ms']:.1f}-{r[f'{p}_q3_ms']:.1f}]" if r.get(f"{p}_ms") is not None else "-"
+    )
     pct = lambda v: f"{100 * v:.1f}%" if v is not None else "-"
     for r in rows:
         warm = "/".join(fmt(r.get(f"{p}_warmup_s"), 1) for p in PHASES)
         mem = "/".join(fmt(r.get(f"peak_mem_{p}_gib")) for p in PHASES)
-        lines.append(f"| `{r['preset']}` | {r['batch']} | {'on' if r['compile'] else 'off'} | {cell(r, 'train')} | "
-                     f"{cell(r, 'eval')} | {cell(r, 'sample')} | {pct(r.get('train_mfu'))} | {pct(r.get('eval_mfu'))} "
-                     f"| {warm} | {mem} | {r['notes'] or ''} |")
+        lines.append(
+            f"| `{r['preset']}` | {r['batch']} | {'on' if r['compile'] else 'off'} | {cell(r, 'train')} | "
+            f"{cell(r, 'eval')} | {cell(r, 'sample')} | {pct(r.get('train_mfu'))} | {pct(r.get('eval_mfu'))} "
+            f"| {warm} | {mem} | {r['notes'] or ''} |"
+        )
     groups = {(r["batch"], r["compile"]) for r in rows}
     ratio_lines = []
     x = lambda v: f"{v:.2f}x" if v is not None else "-"
@@ -319,13 +415,19 @@ def throughput_markdown(rows: list[dict], s: CheckSettings, peak: Optional[dict]
         if fit and unet:
             # named as the paper pair so that speedups() puts the paper's ratio beside (the dry run's tiny pair too)
             ratio = speedups([{**fit, "preset": "fit_500m"}, {**unet, "preset": "unet_284m"}])[0]
-            ratio_lines.append(f"| {fit['preset']} / {unet['preset']} | {batch} | {'on' if compiled else 'off'} | "
-                               f"{x(ratio['train'])} | {x(ratio['paper_train'])} | {x(ratio['eval'])} | "
-                               f"{x(ratio['paper_eval'])} | {x(ratio['sample'])} |")
+            ratio_lines.append(
+                f"| {fit['preset']} / {unet['preset']} | {batch} | {'on' if compiled else 'off'} | "
+                f"{x(ratio['train'])} | {x(ratio['paper_train'])} | {x(ratio['eval'])} | "
+                f"{x(ratio['paper_eval'])} | {x(ratio['sample'])} |"
+            )
     if ratio_lines:
-        lines += ["", "## FIT over U-Net (U-Net ms / FIT ms; > 1: FIT faster)", "",
-                  "| pair | batch | compile | train | paper train (A100) | eval | paper infer (A100) | sample run |",
-                  "|---|---|---|---|---|---|---|---|"] + ratio_lines
+        lines += [
+            "",
+            "## FIT over U-Net (U-Net ms / FIT ms; > 1: FIT faster)",
+            "",
+            "| pair | batch | compile | train | paper train (A100) | eval | paper infer (A100) | sample run |",
+            "|---|---|---|---|---|---|---|---|",
+        ] + ratio_lines
     return "\n".join(lines) + "\n"
 
 
@@ -334,15 +436,21 @@ def run_check(settings: CheckSettings, log: Callable[[str], None] = print) -> Ch
     check = Check(settings, log)
     s = check.s
     ablation_need = 2 * s.ablation_seconds + 60  # two runs + probe, sampling, scoring
-    later = lambda name: ablation_need if "ablation" in s.stages[s.stages.index(name) + 1:] else 0.0
+    later = lambda name: ablation_need if "ablation" in s.stages[s.stages.index(name) + 1 :] else 0.0
     pair = list(s.pair)
     units = {
         "throughput": (30, lambda: _measure_batches(check, pair, False, later("throughput"))),
-        "presets": (30, lambda: _summarise(check.measure(list(s.extra_presets), max(s.batches), False,
-                                                         later("presets"), s.available_gib))),
+        "presets": (
+            30,
+            lambda: _summarise(
+                check.measure(list(s.extra_presets), max(s.batches), False, later("presets"), s.available_gib)
+            ),
+        ),
         "ablation": (ablation_need if not s.dry_run else 10, lambda: check.ablation(0.0)),
-        "compile": (60 if not s.dry_run else 5,
-                    lambda: _measure_batches(check, pair, True, later("compile"), order=sorted(s.batches, reverse=True))),
+        "compile": (
+            60 if not s.dry_run else 5,
+            lambda: _measure_batches(check, pair, True, later("compile"), order=sorted(s.batches, reverse=True)),
+        ),
     }
     for name in s.stages:
         check.run_stage(name, units[name][0], units[name][1])
@@ -354,8 +462,9 @@ def run_check(settings: CheckSettings, log: Callable[[str], None] = print) -> Ch
     return check
 
 
-def _measure_batches(check: Check, presets: list[str], compile: bool, reserve_s: float,
-                     order: Optional[list[int]] = None) -> str:
+def _measure_batches(
+    check: Check, presets: list[str], compile: bool, reserve_s: float, order: Optional[list[int]] = None
+) -> str:
     rows = []
     for batch in order or check.s.batches:
         if check.left() - reserve_s < 10:

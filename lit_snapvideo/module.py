@@ -79,26 +79,33 @@ class EDMVideoModule(L.LightningModule):
 
     kind: Optional[str] = None  # a backbone kind of models/registry.py; None: the configured preset's
 
-    def __init__(self, cfg: DictConfig | dict, backbone: Optional[nn.Module] = None,
-                 text_encoder: Optional[TextEncoder] = None) -> None:
+    def __init__(
+        self, cfg: DictConfig | dict, backbone: Optional[nn.Module] = None, text_encoder: Optional[TextEncoder] = None
+    ) -> None:
         super().__init__()
         cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
         kind = backbone_kind(cfg)
         if self.kind not in (None, kind):
-            raise ValueError(f"{type(self).__name__} trains '{self.kind}' backbones; model.preset={cfg.model.preset} "
-                             f"is a '{kind}'")
+            raise ValueError(
+                f"{type(self).__name__} trains '{self.kind}' backbones; model.preset={cfg.model.preset} is a '{kind}'"
+            )
         self.kind = kind
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         self.cfg = cfg
         self.edm = SnapEDM.from_config(cfg.diffusion)
         self.text_encoder = text_encoder or TextEncoder(
-            cfg.text.encoder, checkpoint=cfg.text.checkpoint, max_length=cfg.text.max_length,
-            cache_dir=cfg.text.cache_dir)
+            cfg.text.encoder,
+            checkpoint=cfg.text.checkpoint,
+            max_length=cfg.text.max_length,
+            cache_dir=cfg.text.cache_dir,
+        )
         self.text_encoder.requires_grad_(False)
         self.backbone = backbone or build_backbone(
-            cfg.model.preset, text_dim=self.text_encoder.dim,
+            cfg.model.preset,
+            text_dim=self.text_encoder.dim,
             overrides=OmegaConf.to_container(cfg.model.overrides, resolve=True),
-            grad_checkpointing=cfg.model.grad_checkpointing)
+            grad_checkpointing=cfg.model.grad_checkpointing,
+        )
         self.ema_backbone = copy.deepcopy(self.backbone).requires_grad_(False).eval()
         self.register_buffer("videos_seen", torch.zeros((), dtype=torch.float64))
         self.nonfinite_streak = 0
@@ -127,14 +134,21 @@ class EDMVideoModule(L.LightningModule):
         caption with probability ``text.label_dropout`` (classifier-free guidance training)."""
         captions = list(batch["caption"])
         if drop_generator is not None and self.cfg.text.label_dropout > 0:
-            drop = draw(drop_generator, len(captions), lambda n, g: torch.rand(n, generator=g)) < self.cfg.text.label_dropout
+            drop = (
+                draw(drop_generator, len(captions), lambda n, g: torch.rand(n, generator=g))
+                < self.cfg.text.label_dropout
+            )
             captions = [NULL_CAPTION if d else c for c, d in zip(captions, drop.tolist())]
         text, mask = self.encode_text(captions)
         fps = batch["fps"].to(self.device, torch.float32)
         if not self.cfg.data.images_as_videos:  # Table 3 row (iv): stills get an ordinary frame rate, not infinity
             fps = torch.where(torch.isinf(fps), torch.full_like(fps, self.cfg.data.val_fps), fps)
-        return {"text": text, "text_mask": mask, "fps": fps,
-                "orig_size": batch["orig_size"].to(self.device, torch.float32)}
+        return {
+            "text": text,
+            "text_mask": mask,
+            "fps": fps,
+            "orig_size": batch["orig_size"].to(self.device, torch.float32),
+        }
 
     def sigma_in_for(self, batch: dict) -> Tensor | float:
         """Per-sample sigma_in: Table 3 row (iv) gives still images their own ``diffusion.image_sigma_in``."""
@@ -152,22 +166,31 @@ class EDMVideoModule(L.LightningModule):
         network that ``SnapEDM.denoise`` / ``.loss`` call; ``self_cond``: the latents of the previous call, or None."""
         return lambda x_in, c_noise: backbone(x_in, c_noise, cond, self_cond=self_cond)
 
-    def diffusion_loss(self, batch: dict, generator: Generators, backbone: Optional[Callable] = None,
-                       sigma: Optional[Tensor] = None, train: bool = True,
-                       self_cond_prob: Optional[float] = None) -> tuple[Tensor, dict]:
+    def diffusion_loss(
+        self,
+        batch: dict,
+        generator: Generators,
+        backbone: Optional[Callable] = None,
+        sigma: Optional[Tensor] = None,
+        train: bool = True,
+        self_cond_prob: Optional[float] = None,
+    ) -> tuple[Tensor, dict]:
         """Per-sample loss (B,) (mean over elements of w (F - target)^2) and info (sigma, x_hat inputs).
 
         Draws sigma (unless given), eps, label dropout (``train``) and the self-conditioning mask from ``generator``:
         one for the batch, or a list with one per example.
         """
-        backbone = self._train_forward if backbone is None else backbone  # not `or`: a compiled module has no truth value
+        backbone = (
+            self._train_forward if backbone is None else backbone
+        )  # not `or`: a compiled module has no truth value
         video = batch["video"].to(self.device, torch.float32)
         b = video.shape[0]
         cond = self.make_cond(batch, drop_generator=generator if train else None)
         if sigma is None:
             sigma = draw(generator, b, lambda n, g: self.edm.sample_sigma(n, generator=g)).to(self.device)
-        eps = draw(generator, b, lambda n, g: torch.randn((n, *video.shape[1:]), generator=g,
-                                                          dtype=torch.float32)).to(self.device)
+        eps = draw(generator, b, lambda n, g: torch.randn((n, *video.shape[1:]), generator=g, dtype=torch.float32)).to(
+            self.device
+        )
         sigma_in = self.sigma_in_for(batch)
         p = self.cfg.optim.self_cond_prob if self_cond_prob is None else self_cond_prob
         self_cond = None
@@ -178,8 +201,9 @@ class EDMVideoModule(L.LightningModule):
                 _, state = self.edm.network_output(self.conditioned(backbone, cond, None), x_sigma, sigma, sigma_in)
             if state is not None:
                 self_cond = state.detach() * keep.view(-1, *([1] * (state.ndim - 1))).to(state.dtype)
-        loss, info = self.edm.loss(self.conditioned(backbone, cond, self_cond), video, sigma=sigma, eps=eps,
-                                   sigma_in=sigma_in)
+        loss, info = self.edm.loss(
+            self.conditioned(backbone, cond, self_cond), video, sigma=sigma, eps=eps, sigma_in=sigma_in
+        )
         return loss.flatten(1).mean(1), info
 
     def _example_generators(self, batch: dict) -> Generators:
@@ -217,7 +241,8 @@ class EDMVideoModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"loss was non-finite ({loss.item()} here) for {limit} steps in a row (step {self.global_step}); "
                 "try a lower optim.lr, a longer optim.warmup_steps, optim.grad_clip=1.0, trainer.precision=32-true, "
-                "or check the data")
+                "or check the data"
+            )
         return sum(p.sum() for p in self.backbone.parameters() if p.requires_grad) * 0.0
 
     def _log_sigma_buckets(self, per_sample: Tensor, sigma: Tensor, batch_size: int) -> None:
@@ -268,8 +293,9 @@ class EDMVideoModule(L.LightningModule):
         for i, s in enumerate(grid):
             g = seeded_generator(12345, batch_idx, i)
             sigma = torch.full((b,), s, dtype=torch.float32, device=self.device)
-            per_sample, _ = self.diffusion_loss(batch, g, backbone=self.ema_backbone, sigma=sigma, train=False,
-                                                self_cond_prob=1.0)
+            per_sample, _ = self.diffusion_loss(
+                batch, g, backbone=self.ema_backbone, sigma=sigma, train=False, self_cond_prob=1.0
+            )
             self.log(f"val/loss_sigma_{s:g}", per_sample.mean(), batch_size=b, sync_dist=True)
             losses.append(per_sample.mean())
         low = [loss for s, loss in zip(grid, losses) if s <= LOW_VAL_SIGMA]
@@ -279,11 +305,20 @@ class EDMVideoModule(L.LightningModule):
     # ---- sampling -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], steps: int = 32, cfg_scale: float = 2.0, seed: int = 0,
-                 solver: str = "heun", threshold_percentile: Optional[float] = None,
-                 oscillate_low: Optional[float] = None, fps: Optional[float] = None,
-                 orig_size: Optional[tuple[int, int]] = None, use_ema: bool = True,
-                 callback: Optional[Callable] = None) -> Tensor:
+    def generate(
+        self,
+        prompts: list[str],
+        steps: int = 32,
+        cfg_scale: float = 2.0,
+        seed: int = 0,
+        solver: str = "heun",
+        threshold_percentile: Optional[float] = None,
+        oscillate_low: Optional[float] = None,
+        fps: Optional[float] = None,
+        orig_size: Optional[tuple[int, int]] = None,
+        use_ema: bool = True,
+        callback: Optional[Callable] = None,
+    ) -> Tensor:
         """Text-to-video: (B, 3, T, H, W) float32 in [-1, 1] at the padded size (crop with data.video.crop_padding).
 
         Heun (or Euler) over Karras sigmas with sigma_in (§2.5); classifier-free guidance with the conditional and
@@ -299,19 +334,25 @@ class EDMVideoModule(L.LightningModule):
         size = orig_size or tuple(self.cfg.logging.sample_orig_size)
         texts = list(prompts) + [NULL_CAPTION] * b
         text, mask = self.encode_text(texts)
-        cond = {"text": text, "text_mask": mask, "fps": torch.full((2 * b,), fps, device=self.device),
-                "orig_size": torch.tensor([list(size)] * (2 * b), dtype=torch.float32, device=self.device)}
+        cond = {
+            "text": text,
+            "text_mask": mask,
+            "fps": torch.full((2 * b,), fps, device=self.device),
+            "orig_size": torch.tensor([list(size)] * (2 * b), dtype=torch.float32, device=self.device),
+        }
         state: dict = {"latents": None}
 
         def denoise_both(x2: Tensor, sigma2: Tensor) -> Tensor:
-            x_hat, latents = self.edm.denoise(self.conditioned(net, cond, state["latents"]), x2.float(), sigma2.float(),
-                                              return_state=True)
+            x_hat, latents = self.edm.denoise(
+                self.conditioned(net, cond, state["latents"]), x2.float(), sigma2.float(), return_state=True
+            )
             state["latents"] = latents
             return x_hat
 
         sigmas = karras_sigmas(steps, d.sigma_min, d.sigma_max, d.rho, device=self.device)
-        denoise_fn = guided_denoiser(denoise_both, guidance_schedule(sigmas, cfg_scale, oscillate_low),
-                                     threshold_percentile)
+        denoise_fn = guided_denoiser(
+            denoise_both, guidance_schedule(sigmas, cfg_scale, oscillate_low), threshold_percentile
+        )
         g = seeded_generator(seed)
         noise = torch.randn((b, 3, data.frames, *data.pad_to), generator=g).to(self.device)
         video = sample(denoise_fn, noise, sigmas, sigma_in=d.sigma_in, solver=solver, callback=callback)
@@ -323,9 +364,11 @@ class EDMVideoModule(L.LightningModule):
     def optimizer_settings(self) -> dict:
         """name, lr, betas after applying the paper default of this face to unset config values."""
         o, paper = self.cfg.optim, self.spec.optimizer
-        return {"name": paper["name"] if o.name == "auto" else o.name,
-                "lr": paper["lr"] if o.lr is None else float(o.lr),
-                "betas": tuple(paper["betas"] if o.betas is None else o.betas)}
+        return {
+            "name": paper["name"] if o.name == "auto" else o.name,
+            "lr": paper["lr"] if o.lr is None else float(o.lr),
+            "betas": tuple(paper["betas"] if o.betas is None else o.betas),
+        }
 
     def configure_optimizers(self) -> dict:
         o = self.cfg.optim
@@ -341,9 +384,12 @@ class EDMVideoModule(L.LightningModule):
             opt = torch.optim.AdamW(groups, lr=s["lr"], betas=s["betas"], eps=o.eps)
         else:
             if o.weight_decay > 0:
-                log.warning("optim.name=adam with weight_decay=%g is L2 decay inside Adam: weights with small gradients "
-                            "shrink by ~lr per step (it switched off the U-Net's text attention in the CPU ablation); "
-                            "optim.name=adamw decays decoupled", o.weight_decay)
+                log.warning(
+                    "optim.name=adam with weight_decay=%g is L2 decay inside Adam: weights with small gradients "
+                    "shrink by ~lr per step (it switched off the U-Net's text attention in the CPU ablation); "
+                    "optim.name=adamw decays decoupled",
+                    o.weight_decay,
+                )
             opt = torch.optim.Adam(groups, lr=s["lr"], betas=s["betas"], eps=o.eps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -420,16 +466,22 @@ def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any], show: 
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.startswith(UNSTORED_PREFIX)]
     unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k} {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__} != {tuple(expected[k].shape)}"
-             for k, v in state_dict.items()
-             if k in expected and isinstance(expected[k], Tensor)
-             and (not isinstance(v, Tensor) or v.shape != expected[k].shape)]
+    wrong = [
+        f"{k} {tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__} != {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected
+        and isinstance(expected[k], Tensor)
+        and (not isinstance(v, Tensor) or v.shape != expected[k].shape)
+    ]
 
     def first(keys: list[str]) -> str:
         return ", ".join(keys[:show]) + (", ..." if len(keys) > show else "")
 
-    parts = [f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} ({first(keys)})" for keys, what in
-             ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape")) if keys]
+    parts = [
+        f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} ({first(keys)})"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of the wrong shape"))
+        if keys
+    ]
     return ", ".join(parts) or None
 
 
@@ -448,7 +500,8 @@ def load_module(checkpoint: str, map_location: str | torch.device = "cpu") -> ED
     module = module_for(cfg)(cfg)
     problem = state_dict_mismatch(module, ckpt["state_dict"])
     if problem:
-        raise CheckpointError(f"{checkpoint}: the weights do not fit its config (model.preset={cfg.model.preset}): "
-                              f"{problem}")
+        raise CheckpointError(
+            f"{checkpoint}: the weights do not fit its config (model.preset={cfg.model.preset}): {problem}"
+        )
     module.load_state_dict(ckpt["state_dict"])
     return module

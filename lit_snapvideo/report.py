@@ -14,8 +14,17 @@ import yaml
 
 from . import paper
 
-QUALITY_PREFIXES = ("probe/prompt", "probe/shape", "probe/color", "probe/direction", "probe/fvd", "probe/temporal",
-                    "fvd", "fid", "clipsim")  # metrics.json keys that become columns (not its run settings)
+QUALITY_PREFIXES = (
+    "probe/prompt",
+    "probe/shape",
+    "probe/color",
+    "probe/direction",
+    "probe/fvd",
+    "probe/temporal",
+    "fvd",
+    "fid",
+    "clipsim",
+)  # metrics.json keys that become columns (not its run settings)
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -71,21 +80,47 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:
     """Write ``out`` (markdown) comparing the runs with the paper's Table 2; returns the text."""
     runs = [load_run(r) for r in run_dirs]
     lines = ["# Ablation: FIT vs 3D U-Net (paper Table 2 in miniature)", ""]
-    lines.append(f"Our runs (this machine; CPU-scale presets on {data_description(runs)}; "
-                 "ms/video measured during training, batch as configured, fp32):")
+    lines.append(
+        f"Our runs (this machine; CPU-scale presets on {data_description(runs)}; "
+        "ms/video measured during training, batch as configured, fp32):"
+    )
     lines.append("")
-    quality_keys = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))
-                           and k.startswith(QUALITY_PREFIXES) and not k.endswith(("num_scored", "num_seeds"))})
-    head = ["run", "preset", "params", "budget", "steps", "wall time (s)", "train ms/video", "infer ms/video/eval",
-            "val loss"] + quality_keys
+    quality_keys = sorted(
+        {
+            k
+            for r in runs
+            for k, v in r["metrics"].items()
+            if isinstance(v, (int, float))
+            and k.startswith(QUALITY_PREFIXES)
+            and not k.endswith(("num_scored", "num_seeds"))
+        }
+    )
+    head = [
+        "run",
+        "preset",
+        "params",
+        "budget",
+        "steps",
+        "wall time (s)",
+        "train ms/video",
+        "infer ms/video/eval",
+        "val loss",
+    ] + quality_keys
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in runs:
         budget = f"max_time {r['max_time']}" if r.get("max_time") else f"{r.get('max_steps', r['steps'])} steps"
-        row = [r["experiment"], r["preset"], human_count(r["parameters"]), budget, str(r["steps"]),
-               fmt(r["wall_time_s"], 0),
-               fmt(r.get("train_ms_per_video"), 1), fmt(r.get("infer_ms_per_video_per_eval"), 1),
-               fmt(r.get("final_val_loss"), 4)] + [fmt(r["metrics"].get(k), 4) for k in quality_keys]
+        row = [
+            r["experiment"],
+            r["preset"],
+            human_count(r["parameters"]),
+            budget,
+            str(r["steps"]),
+            fmt(r["wall_time_s"], 0),
+            fmt(r.get("train_ms_per_video"), 1),
+            fmt(r.get("infer_ms_per_video_per_eval"), 1),
+            fmt(r.get("final_val_loss"), 4),
+        ] + [fmt(r["metrics"].get(k), 4) for k in quality_keys]
         lines.append("| " + " | ".join(row) + " |")
     by_kind: dict[str, dict] = {}
     for r in runs:  # the speed-ups compare the first run of each kind (list the equal-steps pair first)
@@ -94,21 +129,35 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path) -> str:
         f, u = by_kind["fit"], by_kind["unet"]
         lines.append("")
         if f.get("train_ms_per_video") and u.get("train_ms_per_video"):
-            lines.append(f"- Training speed-up FIT over U-Net (ours): {u['train_ms_per_video'] / f['train_ms_per_video']:.2f}x "
-                         f"(paper, FIT 500M vs U-Net 284M: {paper.speedup('train_ms'):.2f}x)")
+            lines.append(
+                f"- Training speed-up FIT over U-Net (ours): {u['train_ms_per_video'] / f['train_ms_per_video']:.2f}x "
+                f"(paper, FIT 500M vs U-Net 284M: {paper.speedup('train_ms'):.2f}x)"
+            )
         if f.get("infer_ms_per_video_per_eval") and u.get("infer_ms_per_video_per_eval"):
-            lines.append(f"- Inference speed-up FIT over U-Net (ours, per denoiser evaluation during sampling): "
-                         f"{u['infer_ms_per_video_per_eval'] / f['infer_ms_per_video_per_eval']:.2f}x "
-                         f"(paper: {paper.speedup('infer_ms'):.2f}x)")
-    lines += ["", "Paper, Table 2 (A100, ms / video / GPU, internal data set at 64x36):", "",
-              "| model | params | FID | FVD | CLIPSIM | train ms/video | infer ms/video |", "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"- Inference speed-up FIT over U-Net (ours, per denoiser evaluation during sampling): "
+                f"{u['infer_ms_per_video_per_eval'] / f['infer_ms_per_video_per_eval']:.2f}x "
+                f"(paper: {paper.speedup('infer_ms'):.2f}x)"
+            )
+    lines += [
+        "",
+        "Paper, Table 2 (A100, ms / video / GPU, internal data set at 64x36):",
+        "",
+        "| model | params | FID | FVD | CLIPSIM | train ms/video | infer ms/video |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for p in paper.TABLE2:
-        lines.append(f"| {p['model']} | {human_count(p['params'])} | {p['fid']} | {p['fvd']} | {p['clipsim']} | "
-                     f"{p['train_ms']} | {p['infer_ms']} |")
-    lines += ["", "Validation loss: the Snap-EDM F-space loss on a fixed sigma grid with fixed noise, EMA weights "
-              "(comparable across backbones trained with the same sigma_in and sigma_data). Quality columns come "
-              "from `lit-snapvideo evaluate` (metrics.json) when it has been run; embedded-set metrics do not "
-              "compare with published FVD/FID numbers."]
+        lines.append(
+            f"| {p['model']} | {human_count(p['params'])} | {p['fid']} | {p['fvd']} | {p['clipsim']} | "
+            f"{p['train_ms']} | {p['infer_ms']} |"
+        )
+    lines += [
+        "",
+        "Validation loss: the Snap-EDM F-space loss on a fixed sigma grid with fixed noise, EMA weights "
+        "(comparable across backbones trained with the same sigma_in and sigma_data). Quality columns come "
+        "from `lit-snapvideo evaluate` (metrics.json) when it has been run; embedded-set metrics do not "
+        "compare with published FVD/FID numbers.",
+    ]
     return write_markdown(lines, out)
 
 
@@ -118,26 +167,39 @@ SIGMA_METRICS = ("probe/prompt_accuracy", "probe/fvd", "probe/temporal_consisten
 def sigma_report(run_dirs: list[str | Path], out: str | Path) -> str:
     """results/sigma_ablation.md: our Table 3 rows (probe metrics) beside the paper's (FID/FVD/CLIPSIM)."""
     runs = {r["experiment"]: r for r in (load_run(d) for d in run_dirs)}
-    lines = ["# Diffusion-framework ablation (paper Table 3 at CPU scale)", "",
-             f"Ours: fit_small on {data_description(list(runs.values()))}, equal steps, embedded-set probe metrics (prompt "
-             "accuracy: higher is better; probe-FVD: lower is better; they do not compare with published FVD). "
-             "Paper: FIT 500M on its internal data set.", "",
-             "| row | sigma_data | sigma_in | steps | val loss* | prompt acc. | probe-FVD | temporal cons. | paper FID | paper FVD | paper CLIPSIM |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Diffusion-framework ablation (paper Table 3 at CPU scale)",
+        "",
+        f"Ours: fit_small on {data_description(list(runs.values()))}, equal steps, embedded-set probe metrics (prompt "
+        "accuracy: higher is better; probe-FVD: lower is better; they do not compare with published FVD). "
+        "Paper: FIT 500M on its internal data set.",
+        "",
+        "| row | sigma_data | sigma_in | steps | val loss* | prompt acc. | probe-FVD | temporal cons. | paper FID | paper FVD | paper CLIPSIM |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, published in paper.TABLE3.items():
         r = runs.get(name)
         m = r["metrics"] if r else {}
-        lines.append(f"| {published['row']} | {published['sigma_data']} | {published['sigma_in']} | "
-                     f"{r['steps'] if r else 'not run'} | {fmt(r.get('final_val_loss') if r else None, 4)} | "
-                     + " | ".join(fmt(m.get(k), 3) for k in SIGMA_METRICS)
-                     + f" | {published['fid']} | {published['fvd']} | {published['clipsim']} |")
-    lines += ["", "*The validation loss is each run's own training objective; it does not compare across rows with "
-              "different sigma_data, sigma_in or framework. Compare rows by the probe metrics."]
+        lines.append(
+            f"| {published['row']} | {published['sigma_data']} | {published['sigma_in']} | "
+            f"{r['steps'] if r else 'not run'} | {fmt(r.get('final_val_loss') if r else None, 4)} | "
+            + " | ".join(fmt(m.get(k), 3) for k in SIGMA_METRICS)
+            + f" | {published['fid']} | {published['fvd']} | {published['clipsim']} |"
+        )
+    lines += [
+        "",
+        "*The validation loss is each run's own training objective; it does not compare across rows with "
+        "different sigma_data, sigma_in or framework. Compare rows by the probe metrics.",
+    ]
     return write_markdown(lines, out)
 
 
-CURVE_TAGS = (("train/loss", "train loss (Snap-EDM, F-space)"), ("val/loss", "validation loss (fixed sigma grid, EMA)"),
-              ("quality/prompt_accuracy", "prompt accuracy (probe)"), ("perf/ms_per_video", "train ms / video"))
+CURVE_TAGS = (
+    ("train/loss", "train loss (Snap-EDM, F-space)"),
+    ("val/loss", "validation loss (fixed sigma grid, EMA)"),
+    ("quality/prompt_accuracy", "prompt accuracy (probe)"),
+    ("perf/ms_per_video", "train ms / video"),
+)
 
 
 def plot_curves(run_dirs: list[str | Path], out: str | Path, smooth: int = 10) -> Path:
@@ -158,8 +220,10 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, smooth: int = 10) -
             scalars = events.Scalars(tag)
             steps, values = [e.step for e in scalars], [e.value for e in scalars]
             if tag == "train/loss":  # the per-step loss swings with the drawn sigmas
-                values = [sum(values[max(0, i - smooth + 1): i + 1]) / min(i + 1, smooth) for i in range(len(values))]
-            ax.plot(steps, values, marker="o" if len(values) < 12 else None, label=f"{run['experiment']} ({run['preset']})")
+                values = [sum(values[max(0, i - smooth + 1) : i + 1]) / min(i + 1, smooth) for i in range(len(values))]
+            ax.plot(
+                steps, values, marker="o" if len(values) < 12 else None, label=f"{run['experiment']} ({run['preset']})"
+            )
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
     for ax in axes[:2]:

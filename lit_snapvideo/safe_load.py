@@ -21,8 +21,12 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that is refused (unsafe pickle, foreign or partial weights): one line naming the file."""
 
 
-def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False,
-                         hint: str = "lit-snapvideo loads tensors and plain containers only") -> Any:
+def load_checkpoint_file(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    mmap: bool = False,
+    hint: str = "lit-snapvideo loads tensors and plain containers only",
+) -> Any:
     """``torch.load`` of tensors and plain containers only (``weights_only``): a pickle can run code on load.
 
     Everything ``fit`` writes (tensors, dicts, lists, numbers, strings) is on torch's default allow-list, so no
@@ -35,5 +39,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
         if found is None:  # not a torch.save pickle at all (a text file, a raw pickle): unreadable, not refused
             detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
             raise pickle.UnpicklingError(detail.group(1) if detail else "weights-only load failed") from None
-        raise CheckpointError(f"{path}: refused: its pickle calls {found.group(1)}, which weights-only loading "
-                              f"does not allow (it could run code); {hint}") from None
+        raise CheckpointError(
+            f"{path}: refused: its pickle calls {found.group(1)}, which weights-only loading "
+            f"does not allow (it could run code); {hint}"
+        ) from None

@@ -18,7 +18,7 @@ Guidance wraps a batched conditional+unconditional denoiser into a plain ``denoi
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor

@@ -1,6 +1,6 @@
 """Seeds that are pure functions of integers: a step, a rank, an example's key, a sampling chunk.
 
-    g = seeded_generator(seed, step, rank)     # torch.Generator seeded with mix_seed(seed, step, rank)
+g = seeded_generator(seed, step, rank)     # torch.Generator seeded with mix_seed(seed, step, rank)
 """
 
 from __future__ import annotations

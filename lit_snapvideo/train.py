@@ -61,14 +61,21 @@ def resolve_precision(cfg: DictConfig) -> str:
     """auto: bf16 autocast on GPU, fp32 on CPU (bf16 autocast made whole backbones 6-30x slower here: docs/decisions.md)."""
     if cfg.trainer.precision != "auto":
         return "32-true" if cfg.trainer.precision == "32" else cfg.trainer.precision
-    return "bf16-mixed" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "32-true"
+    return (
+        "bf16-mixed" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "32-true"
+    )
 
 
 def train_flops_per_video(module: EDMVideoModule) -> Optional[float]:
     """FLOPs of a training step per video, as the backbone's kind counts them (models/registry.py)."""
     try:
-        fwd = forward_flops(module.backbone, frames=module.cfg.data.frames, size=tuple(module.cfg.data.pad_to),
-                            text_len=module.cfg.text.max_length, text_dim=module.text_encoder.dim)
+        fwd = forward_flops(
+            module.backbone,
+            frames=module.cfg.data.frames,
+            size=tuple(module.cfg.data.pad_to),
+            text_len=module.cfg.text.max_length,
+            text_dim=module.text_encoder.dim,
+        )
     except Exception as err:  # FLOP counting is informative only: never stop a run for it
         log.warning("could not count FLOPs (%s); MFU will not be logged", err)
         return None
@@ -89,36 +96,73 @@ def set_cpu_threads(cfg: DictConfig) -> int:
     return torch.get_num_threads()
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable_progress_bar: bool = True,
-                  **overrides) -> tuple[L.Trainer, dict]:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable_progress_bar: bool = True, **overrides
+) -> tuple[L.Trainer, dict]:
     t = cfg.trainer
-    logger = TensorBoardLogger(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name,
-                               default_hp_metric=False)
+    logger = TensorBoardLogger(
+        save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name, default_hp_metric=False
+    )
     checkpoint = BestAndLastCheckpoint(run_dir / "checkpoints", t.checkpoint_every_n_steps)
     wall_time = WallTime()
     throughput = Throughput(train_flops_per_video(module), cfg.logging.mfu_peak_tflops)
-    samples = SampleVideos(cfg.logging.sample_every_n_steps, list(cfg.logging.sample_prompts), cfg.logging.sample_steps,
-                           cfg.logging.sample_cfg, cfg.logging.sample_seed, run_dir / "samples")
-    callbacks = [checkpoint, wall_time, throughput, samples, SkippedFiles(), LearningRateMonitor(logging_interval="step")]
+    samples = SampleVideos(
+        cfg.logging.sample_every_n_steps,
+        list(cfg.logging.sample_prompts),
+        cfg.logging.sample_steps,
+        cfg.logging.sample_cfg,
+        cfg.logging.sample_seed,
+        run_dir / "samples",
+    )
+    callbacks = [
+        checkpoint,
+        wall_time,
+        throughput,
+        samples,
+        SkippedFiles(),
+        LearningRateMonitor(logging_interval="step"),
+    ]
     if cfg.logging.data_trace:
         callbacks.append(DataTrace(run_dir / "data_trace.tsv"))
     if cfg.logging.quality_every_n_steps > 0:
-        callbacks.append(SampleQuality(cfg.logging.quality_every_n_steps, cfg.logging.quality_num_videos,
-                                       cfg.logging.quality_steps, cfg.logging.sample_cfg, cfg.logging.sample_seed))
+        callbacks.append(
+            SampleQuality(
+                cfg.logging.quality_every_n_steps,
+                cfg.logging.quality_num_videos,
+                cfg.logging.quality_steps,
+                cfg.logging.sample_cfg,
+                cfg.logging.sample_seed,
+            )
+        )
     if enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
     kwargs = dict(
-        max_steps=t.max_steps, max_time=t.max_time, accelerator=t.accelerator, devices=t.devices,
-        strategy=t.strategy, num_nodes=t.num_nodes, precision=resolve_precision(cfg),
-        deterministic=t.deterministic, val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
-        log_every_n_steps=t.log_every_n_steps, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.grad_clip or None, logger=logger, callbacks=callbacks,
-        enable_progress_bar=enable_progress_bar, num_sanity_val_steps=0,
+        max_steps=t.max_steps,
+        max_time=t.max_time,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=resolve_precision(cfg),
+        deterministic=t.deterministic,
+        val_check_interval=t.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=enable_progress_bar,
+        num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the JointSampler shards the training stream itself (EDMDataModule)
     )
     kwargs.update(overrides)
-    return L.Trainer(**kwargs), {"throughput": throughput, "samples": samples, "checkpoint": checkpoint,
-                                 "wall_time": wall_time}
+    return L.Trainer(**kwargs), {
+        "throughput": throughput,
+        "samples": samples,
+        "checkpoint": checkpoint,
+        "wall_time": wall_time,
+    }
 
 
 def check_resume(cfg: DictConfig, module: EDMVideoModule, path: Path) -> None:
@@ -139,25 +183,34 @@ def check_resume(cfg: DictConfig, module: EDMVideoModule, path: Path) -> None:
     wanted = {"preset": cfg.model.preset, "overrides": OmegaConf.to_container(cfg.model.overrides, resolve=True)}
     had = {"preset": saved.get("preset"), "overrides": saved.get("overrides") or {}}
     if had != wanted:
-        raise CheckpointError(f"{path}: cannot resume: it was trained with model.preset={had['preset']} "
-                              f"model.overrides={had['overrides']}, the config asks for model.preset="
-                              f"{wanted['preset']} model.overrides={wanted['overrides']}; use the run's model or "
-                              "start a fresh run with --new-version")
+        raise CheckpointError(
+            f"{path}: cannot resume: it was trained with model.preset={had['preset']} "
+            f"model.overrides={had['overrides']}, the config asks for model.preset="
+            f"{wanted['preset']} model.overrides={wanted['overrides']}; use the run's model or "
+            "start a fresh run with --new-version"
+        )
     problem = state_dict_mismatch(module, ckpt["state_dict"])
     if problem:
         raise CheckpointError(f"{path}: cannot resume: {problem}; {fresh}")
 
 
-def fit(cfg: DictConfig, resume: bool = True, new_version: bool = False, enable_progress_bar: bool = True,
-        **trainer_overrides) -> Path:
+def fit(
+    cfg: DictConfig,
+    resume: bool = True,
+    new_version: bool = False,
+    enable_progress_bar: bool = True,
+    **trainer_overrides,
+) -> Path:
     """Train ``cfg``; returns the run directory. ``resume``: continue from ``last.ckpt`` when it exists.
 
     Under DDP every rank runs this function; rank 0 alone writes config.yaml and summary.json (Lightning writes the
     checkpoints and the logs from rank 0)."""
     if new_version:
         if VERSION_ENV not in os.environ and launched_ranks() > 1:
-            raise ConfigError("--new-version: each process of a torchrun / srun launch would pick its own version "
-                              "folder; name the run with logging.version=... instead")
+            raise ConfigError(
+                "--new-version: each process of a torchrun / srun launch would pick its own version "
+                "folder; name the run with logging.version=... instead"
+            )
         cfg.logging.version = os.environ.get(VERSION_ENV) or next_free_version(cfg)
     run_dir = run_dir_of(cfg)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -209,7 +262,7 @@ def remove_stray_run(run_dir: Path, created: list[Path]) -> None:
     if not all(any(p.match(pattern) for pattern in STRAY_FILES) for p in run_dir.rglob("*") if p.is_file()):
         return
     shutil.rmtree(run_dir)
-    for parent in created[created.index(run_dir) + 1:]:  # deepest first; stop at one that holds something
+    for parent in created[created.index(run_dir) + 1 :]:  # deepest first; stop at one that holds something
         try:
             parent.rmdir()
         except OSError:
@@ -217,8 +270,9 @@ def remove_stray_run(run_dir: Path, created: list[Path]) -> None:
     log.info("removed %s: the start failed before its first step", run_dir)
 
 
-def write_summary(run_dir: Path, cfg: DictConfig, module: EDMVideoModule, trainer: L.Trainer, parts: dict,
-                  resumed: bool = False) -> dict:
+def write_summary(
+    run_dir: Path, cfg: DictConfig, module: EDMVideoModule, trainer: L.Trainer, parts: dict, resumed: bool = False
+) -> dict:
     """summary.json: what `make compare` tabulates (parameters, steps, wall time, losses, ms/video)."""
     path = run_dir / "summary.json"
     previous = json.loads(path.read_text()) if path.exists() else {}

@@ -27,11 +27,23 @@ def shapes_root(tmp_path_factory):
 def tiny_overrides(root, run_root, preset="fit_tiny", **extra) -> list[str]:
     """Config overrides for a seconds-long CPU run of a tiny backbone on 8 x 16 x 16 clips."""
     values = {
-        "model.preset": preset, "data.root": str(root), "data.frames": 8, "data.size": "[16,16]",
-        "data.pad_to": "[16,16]", "data.batch_size": 2, "data.val_batch_size": 2, "data.num_workers": 0,
-        "data.limit_val_clips": 2, "text.max_length": 8, "logging.root": str(run_root),
-        "logging.sample_steps": 2, "logging.quality_every_n_steps": 0, "logging.sample_prompts": "[a red circle moving left on a black background]",
-        "trainer.log_every_n_steps": 1, "optim.warmup_steps": 2, "text.cache_dir": str(run_root / "text_cache"),
+        "model.preset": preset,
+        "data.root": str(root),
+        "data.frames": 8,
+        "data.size": "[16,16]",
+        "data.pad_to": "[16,16]",
+        "data.batch_size": 2,
+        "data.val_batch_size": 2,
+        "data.num_workers": 0,
+        "data.limit_val_clips": 2,
+        "text.max_length": 8,
+        "logging.root": str(run_root),
+        "logging.sample_steps": 2,
+        "logging.quality_every_n_steps": 0,
+        "logging.sample_prompts": "[a red circle moving left on a black background]",
+        "trainer.log_every_n_steps": 1,
+        "optim.warmup_steps": 2,
+        "text.cache_dir": str(run_root / "text_cache"),
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
@@ -44,8 +56,20 @@ def tiny_checkpoint(shapes_root, tmp_path_factory):
     from lit_snapvideo.train import fit
 
     run_root = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, tiny_overrides(shapes_root, run_root, "fit_tiny", **{
-        "data.size": "[16,32]", "data.pad_to": "[16,32]", "trainer.max_steps": 2,
-        "logging.sample_every_n_steps": 0, "logging.experiment": "tiny"}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            shapes_root,
+            run_root,
+            "fit_tiny",
+            **{
+                "data.size": "[16,32]",
+                "data.pad_to": "[16,32]",
+                "trainer.max_steps": 2,
+                "logging.sample_every_n_steps": 0,
+                "logging.experiment": "tiny",
+            },
+        ),
+    )
     run_dir = fit(cfg, enable_progress_bar=False)
     return run_dir / "checkpoints" / "last.ckpt"

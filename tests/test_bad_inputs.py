@@ -51,11 +51,17 @@ def a_file(tmp_path) -> Path:
 # ---- config: `config` rejects what `fit` would crash on ------------------------------------------------------------
 
 CONFIG = [
-    ("fit_patch_groups", ["data.size=[20,32]", "data.pad_to=[20,32]"],
-     "data.frames x data.pad_to = 8 x [20, 32] does not fit model.preset=fit_tiny: FIT: patch grid"),
+    (
+        "fit_patch_groups",
+        ["data.size=[20,32]", "data.pad_to=[20,32]"],
+        "data.frames x data.pad_to = 8 x [20, 32] does not fit model.preset=fit_tiny: FIT: patch grid",
+    ),
     ("fit_frames", ["data.frames=4"], "does not fit model.preset=fit_tiny"),
-    ("unet_levels", ["model.preset=unet_tiny", "data.size=[15,32]", "data.pad_to=[15,32]"],
-     "does not fit model.preset=unet_tiny: UNet3D: input size (H,W)=(15,32) must be divisible by 2"),
+    (
+        "unet_levels",
+        ["model.preset=unet_tiny", "data.size=[15,32]", "data.pad_to=[15,32]"],
+        "does not fit model.preset=unet_tiny: UNet3D: input size (H,W)=(15,32) must be divisible by 2",
+    ),
     ("unknown_preset", ["model.preset=fit_huge"], "bad value for 'model.preset': unknown backbone preset 'fit_huge'"),
     ("unknown_override", ["model.overrides.bogus=1"], "bad value for 'model.overrides'"),
     ("logging_root_is_a_file", ["logging.root={file}"], "bad value for 'logging.root'"),
@@ -81,8 +87,11 @@ def test_bad_config_in_the_file_names_the_file(tmp_path, capsys):
 
 def test_fit_refuses_a_clip_the_backbone_cannot_take_before_writing(shapes_root, tmp_path, experiment, capsys):
     runs = tmp_path / "runs"
-    _fails(["fit", str(experiment), *tiny_overrides(shapes_root, runs), "data.size=[20,32]", "data.pad_to=[20,32]"],
-           capsys, "does not fit model.preset=fit_tiny")
+    _fails(
+        ["fit", str(experiment), *tiny_overrides(shapes_root, runs), "data.size=[20,32]", "data.pad_to=[20,32]"],
+        capsys,
+        "does not fit model.preset=fit_tiny",
+    )
     assert not runs.exists()
 
 
@@ -119,11 +128,21 @@ DATA = [
     ("missing_root", lambda root, tmp: tmp / "nowhere", "data.root {data} does not exist"),
     ("empty_root", lambda root, tmp: _empty(tmp / "empty"), "data set at {data} is empty"),
     ("all_bad_root", lambda root, tmp: _all_bad(tmp / "bad"), "files of this data set are unreadable (e.g. {data}/"),
-    ("manifest_fps_abc", lambda root, tmp: _manifest(root, tmp / "m.csv", fps="abc"),
-     "manifest {data} line 3: fps 'abc' is not a frame rate"),
-    ("manifest_fps_negative", lambda root, tmp: _manifest(root, tmp / "m.csv", fps="-5"), "fps '-5' is not a frame rate"),
-    ("manifest_not_utf8", lambda root, tmp: _manifest(root, tmp / "m.csv", caption="caf\xe9", encoding="latin-1"),
-     "manifest {data}: not UTF-8 text"),
+    (
+        "manifest_fps_abc",
+        lambda root, tmp: _manifest(root, tmp / "m.csv", fps="abc"),
+        "manifest {data} line 3: fps 'abc' is not a frame rate",
+    ),
+    (
+        "manifest_fps_negative",
+        lambda root, tmp: _manifest(root, tmp / "m.csv", fps="-5"),
+        "fps '-5' is not a frame rate",
+    ),
+    (
+        "manifest_not_utf8",
+        lambda root, tmp: _manifest(root, tmp / "m.csv", caption="caf\xe9", encoding="latin-1"),
+        "manifest {data}: not UTF-8 text",
+    ),
 ]
 
 
@@ -132,8 +151,12 @@ DATA = [
 def test_bad_data(shapes_root, tmp_path, experiment, capsys, name, make, fragment, command):
     data = make(shapes_root, tmp_path)
     if command == "fit":
-        argv = ["fit", str(experiment), *tiny_overrides(data, tmp_path / "runs", **{"trainer.max_steps": 1}),
-                "--no-progress"]
+        argv = [
+            "fit",
+            str(experiment),
+            *tiny_overrides(data, tmp_path / "runs", **{"trainer.max_steps": 1}),
+            "--no-progress",
+        ]
     else:
         argv = ["data", "check", str(data)]
     if command == "data check" and name == "all_bad_root":  # data check lists the files, then fails
@@ -146,8 +169,11 @@ def test_a_failed_start_keeps_an_existing_run(tiny_checkpoint, tmp_path, experim
     run_dir = tmp_path / "runs" / "tiny" / "version_0"
     shutil.copytree(tiny_checkpoint.parent.parent, run_dir)
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
-    overrides = tiny_overrides(_all_bad(tmp_path / "bad"), tmp_path / "runs", **{
-        "data.size": "[16,32]", "data.pad_to": "[16,32]", "trainer.max_steps": 4})
+    overrides = tiny_overrides(
+        _all_bad(tmp_path / "bad"),
+        tmp_path / "runs",
+        **{"data.size": "[16,32]", "data.pad_to": "[16,32]", "trainer.max_steps": 4},
+    )
     _fails(["fit", str(experiment), *overrides, "--no-progress"], capsys, "files of this data set are unreadable")
     assert set(before) <= {p.relative_to(run_dir) for p in run_dir.rglob("*")}  # resumed, failed, nothing removed
 
@@ -169,12 +195,16 @@ def test_data_check_counts_clips_too_short_for_the_frame_count(tmp_path, capsys,
     assert main(["data", "check", str(folder), "--frames", "8"]) == 0
     assert "0 file(s) would be skipped (checked at 8 frames" in capsys.readouterr().out
     experiment = tmp_path / "exp.yaml"
-    experiment.write_text(f"data: {{root: {folder}, frames: 12, size: [16, 32], pad_to: [16, 32]}}\n"
-                          "model: {preset: unet_tiny}\n")
+    experiment.write_text(
+        f"data: {{root: {folder}, frames: 12, size: [16, 32], pad_to: [16, 32]}}\nmodel: {{preset: unet_tiny}}\n"
+    )
     assert main(["data", "check", "--config", str(experiment)]) == 0  # root and frame count from the experiment
     assert "1 file(s) would be skipped (checked at 12 frames of 16x32)" in capsys.readouterr().out
-    _fails(["data", "check", str(folder), "--frames", "24"], capsys,
-           f"{folder}: none of its 2 file(s) can be used at 24 frames (e.g. {folder}/")
+    _fails(
+        ["data", "check", str(folder), "--frames", "24"],
+        capsys,
+        f"{folder}: none of its 2 file(s) can be used at 24 frames (e.g. {folder}/",
+    )
     _fails(["data", "check", str(folder), "--frames", "0"], capsys, "--frames 0: expected an integer >= 1")
     _fails(["data", "check"], capsys, "give a data ROOT or --config")
 
@@ -182,7 +212,12 @@ def test_data_check_counts_clips_too_short_for_the_frame_count(tmp_path, capsys,
 def test_all_bad_data_in_a_worker_process_is_one_line(tmp_path, experiment, capsys):
     """A DataLoader worker sends its error back with the worker's traceback inside the message."""
     data = _all_bad(tmp_path / "bad")
-    argv = ["fit", str(experiment), *tiny_overrides(data, tmp_path / "runs", **{"data.num_workers": 1}), "--no-progress"]
+    argv = [
+        "fit",
+        str(experiment),
+        *tiny_overrides(data, tmp_path / "runs", **{"data.num_workers": 1}),
+        "--no-progress",
+    ]
     _fails(argv, capsys, "files of this data set are unreadable")
 
 
@@ -197,8 +232,21 @@ def test_a_caption_that_is_not_utf8_skips_its_file(shapes_root, tmp_path, experi
     assert "1 file(s) would be skipped" in capsys.readouterr().out
     assert "clip1.mp4: its caption clip1.txt is not UTF-8 text (byte 3)" in caplog.text
     runs = tmp_path / "runs"
-    argv = ["fit", str(experiment), *tiny_overrides(folder, runs, **{"trainer.max_steps": 1,
-            "logging.sample_every_n_steps": 0, "data.size": "[16,32]", "data.pad_to": "[16,32]"}), "--no-progress"]
+    argv = [
+        "fit",
+        str(experiment),
+        *tiny_overrides(
+            folder,
+            runs,
+            **{
+                "trainer.max_steps": 1,
+                "logging.sample_every_n_steps": 0,
+                "data.size": "[16,32]",
+                "data.pad_to": "[16,32]",
+            },
+        ),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert '"skipped_files": 1' in (runs / "tiny" / "version_0" / "summary.json").read_text()
 
@@ -219,8 +267,11 @@ def test_bad_last_checkpoint_on_resume(shapes_root, tiny_checkpoint, tmp_path, e
     last = run_dir / "checkpoints" / "last.ckpt"
     last.write_bytes(cut(last.read_bytes()))
     config = (run_dir / "config.yaml").read_bytes()
-    overrides = tiny_overrides(shapes_root, tmp_path / "runs", **{
-        "data.size": "[16,32]", "data.pad_to": "[16,32]", "logging.experiment": "tiny", "trainer.max_steps": 4})
+    overrides = tiny_overrides(
+        shapes_root,
+        tmp_path / "runs",
+        **{"data.size": "[16,32]", "data.pad_to": "[16,32]", "logging.experiment": "tiny", "trainer.max_steps": 4},
+    )
     line = _fails(["fit", str(experiment), *overrides, "--no-progress"], capsys, fragment)
     assert str(last) in line
     assert (run_dir / "config.yaml").read_bytes() == config
@@ -279,10 +330,13 @@ def test_debug_raises_the_error(tiny_checkpoint, tmp_path, where):
         main(argv)
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["config", "{yaml}", "model.preset=fit_tiny", "data.frames=4"], "does not fit model.preset=fit_tiny"),
-    (["sample", "{ckpt}", "--prompt", "a", "--fps", "0"], "--fps 0.0"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["config", "{yaml}", "model.preset=fit_tiny", "data.frames=4"], "does not fit model.preset=fit_tiny"),
+        (["sample", "{ckpt}", "--prompt", "a", "--fps", "0"], "--fps 0.0"),
+    ],
+)
 def test_whole_stderr_is_one_line(tiny_checkpoint, experiment, argv, fragment):
     argv = [a.format(yaml=experiment, ckpt=tiny_checkpoint) for a in argv]
     proc = subprocess.run([sys.executable, "-m", "lit_snapvideo", *argv], capture_output=True, text=True)

@@ -5,12 +5,21 @@ import csv
 import time
 
 import pytest
-import torch
 from torch import nn
 
 from lit_snapvideo import paper
-from lit_snapvideo.bench import (SCALING_COLUMNS, THROUGHPUT_COLUMNS, BenchSettings, OverTimeBudget, estimate_memory,
-                                 plan_preset, run_bench, run_scaling, speedups, time_repeats)
+from lit_snapvideo.bench import (
+    SCALING_COLUMNS,
+    THROUGHPUT_COLUMNS,
+    BenchSettings,
+    OverTimeBudget,
+    estimate_memory,
+    plan_preset,
+    run_bench,
+    run_scaling,
+    speedups,
+    time_repeats,
+)
 from lit_snapvideo.cli import main
 from lit_snapvideo.models.presets import forward_flops
 
@@ -41,8 +50,17 @@ def test_bench_on_tiny_presets_writes_both_tables(tmp_path):
     assert fit["work"]["train"] == pytest.approx(4 * fit["work"]["eval"])
     assert unet["work"]["train"] == pytest.approx(3 * unet["work"]["eval"])
     md = (tmp_path / "throughput.md").read_text()
-    for needed in ("Hardware:", "torch 2.", "thread(s)", "Precision: fp32", "batch sizes: fit_tiny 2, unet_tiny 2",
-                   "Load average", "Paper train (A100)", "matmul probe", "| `fit_tiny` |"):
+    for needed in (
+        "Hardware:",
+        "torch 2.",
+        "thread(s)",
+        "Precision: fp32",
+        "batch sizes: fit_tiny 2, unet_tiny 2",
+        "Load average",
+        "Paper train (A100)",
+        "matmul probe",
+        "| `fit_tiny` |",
+    ):
         assert needed in md, needed
 
 
@@ -53,8 +71,12 @@ def test_scaling_sweep_writes_csv_and_plot(tmp_path):
     assert columns == SCALING_COLUMNS
     # 2 presets x (frames 4, 8 at 16x16; frames 16 at 16x16 and 16x32) x (eval, train)
     assert len(rows) == 2 * 4 * 2
-    assert {(r["frames"], r["height"], r["width"]) for r in rows} == {("4", "16", "16"), ("8", "16", "16"),
-                                                                     ("16", "16", "16"), ("16", "16", "32")}
+    assert {(r["frames"], r["height"], r["width"]) for r in rows} == {
+        ("4", "16", "16"),
+        ("8", "16", "16"),
+        ("16", "16", "16"),
+        ("16", "16", "32"),
+    }
     assert all(float(r["ms"]) > 0 and float(r["peak_mem_gib"]) > 0 for r in rows)
     # the counted cost grows with the clip, for both architectures
     for preset in ("fit_tiny", "unet_tiny"):
@@ -110,28 +132,40 @@ def test_time_budget_skips_a_phase_that_cannot_finish():
 
 def test_time_budget_skips_before_building_what_cannot_finish(tmp_path):
     # a 1 GFLOP/s "peak": fit_tiny's 6 training steps need far more than the 1 s budget, so nothing is built
-    settings = BenchSettings(presets=["fit_tiny"], frames=8, size=(16, 16), batch_size=64, peak_tflops=1e-3,
-                             time_budget_s=1.0, phases=("train",))
+    settings = BenchSettings(
+        presets=["fit_tiny"],
+        frames=8,
+        size=(16, 16),
+        batch_size=64,
+        peak_tflops=1e-3,
+        time_budget_s=1.0,
+        phases=("train",),
+    )
     (row,) = run_bench(settings, tmp_path, log=lambda _: None)
     assert row.get("train_ms") is None
     assert "train skipped: needs over" in row["notes"] and "(the matmul probe)" in row["notes"]
 
 
 def test_speedups_use_paper_table2_ratios():
-    rows = [{"preset": "fit_small", "train_ms": 10.0, "eval_ms": 2.0, "sample_ms": 30.0},
-            {"preset": "unet_small", "train_ms": 25.0, "eval_ms": 9.0, "sample_ms": 90.0}]
+    rows = [
+        {"preset": "fit_small", "train_ms": 10.0, "eval_ms": 2.0, "sample_ms": 30.0},
+        {"preset": "unet_small", "train_ms": 25.0, "eval_ms": 9.0, "sample_ms": 90.0},
+    ]
     (ratio,) = speedups(rows)
     assert (ratio["train"], ratio["eval"], ratio["sample"]) == (2.5, 4.5, 3.0)
     assert ratio["paper_train"] == pytest.approx(paper.speedup("train_ms"))  # FIT 500M vs U-Net 284M
     assert ratio["paper_eval"] == pytest.approx(paper.speedup("infer_ms"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--repeats", "3"], "repeats must be >= 5"),
-    (["--batch", "fit_small=x"], "expected PRESET=N"),
-    (["--presets", "fit_huge"], "unknown preset"),
-    (["--phases", "eval,infer"], "unknown phase"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--repeats", "3"], "repeats must be >= 5"),
+        (["--batch", "fit_small=x"], "expected PRESET=N"),
+        (["--presets", "fit_huge"], "unknown preset"),
+        (["--phases", "eval,infer"], "unknown phase"),
+    ],
+)
 def test_cli_rejects_bad_options(args, message, capsys, tmp_path):
     assert main(["bench", "--out", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
@@ -141,8 +175,12 @@ def test_cli_rejects_bad_options(args, message, capsys, tmp_path):
 def test_compiled_bench_trains_and_evaluates(tmp_path):
     """--compile passes a torch.compile'd backbone into the training loss; that wrapper has no truth value, which
     once failed every compiled train phase (found on the GPU machine: "UNet3D does not support len()")."""
-    rows = run_bench(BenchSettings(batch_size=2, compile=True, phases=("eval", "train"), **TINY), tmp_path,
-                     command="pytest", log=lambda _: None)
+    rows = run_bench(
+        BenchSettings(batch_size=2, compile=True, phases=("eval", "train"), **TINY),
+        tmp_path,
+        command="pytest",
+        log=lambda _: None,
+    )
     for row in rows:
         assert "failed" not in row["notes"], row["notes"]
         assert row["train_ms"] > 0 and row["eval_ms"] > 0 and row["compile"]

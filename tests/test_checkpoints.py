@@ -63,8 +63,11 @@ def test_malicious_checkpoint_stderr_is_one_line(tiny_checkpoint, tmp_path):
     marker = tmp_path / "payload_ran"
     evil = tmp_path / "evil.ckpt"
     torch.save({**_real(tiny_checkpoint), "extra": Payload(marker)}, evil)
-    proc = subprocess.run([sys.executable, "-m", "lit_snapvideo", "sample", str(evil), "--prompt", "a",
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lit_snapvideo", "sample", str(evil), "--prompt", "a", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and str(evil) in proc.stderr, proc.stderr
     assert not marker.exists()
 
@@ -76,8 +79,10 @@ def test_probe_cache_with_payload_is_refused(tmp_path):
     probe = Probe()
     cached = tmp_path / "cache" / "0123456789abcdef.pt"
     cached.parent.mkdir()
-    torch.save({"version": 1, "config": probe.config, "state_dict": probe.state_dict(), "meta": {},
-                "extra": Payload(marker)}, cached)
+    torch.save(
+        {"version": 1, "config": probe.config, "state_dict": probe.state_dict(), "meta": {}, "extra": Payload(marker)},
+        cached,
+    )
     with pytest.raises(CheckpointError) as err:
         load_probe(cached)
     message = str(err.value)
@@ -96,13 +101,19 @@ def _wrong_shape(state: dict) -> dict:
     return {**state, key: torch.zeros(state[key].shape[0] + 1, state[key].shape[1])}
 
 
-@pytest.mark.parametrize("name,edit,expected", [
-    ("empty", lambda ckpt: {}, "keys missing (videos_seen, backbone."),
-    ("unet_under_fit_config", _unet_weights, "unexpected"),
-    ("no_ema", lambda ckpt: {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("ema_backbone.")},
-     "keys missing (ema_backbone."),
-    ("wrong_shape", lambda ckpt: _wrong_shape(ckpt["state_dict"]), "key of the wrong shape (backbone."),
-])
+@pytest.mark.parametrize(
+    "name,edit,expected",
+    [
+        ("empty", lambda ckpt: {}, "keys missing (videos_seen, backbone."),
+        ("unet_under_fit_config", _unet_weights, "unexpected"),
+        (
+            "no_ema",
+            lambda ckpt: {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("ema_backbone.")},
+            "keys missing (ema_backbone.",
+        ),
+        ("wrong_shape", lambda ckpt: _wrong_shape(ckpt["state_dict"]), "key of the wrong shape (backbone."),
+    ],
+)
 def test_foreign_or_partial_weights_are_refused(tiny_checkpoint, tmp_path, capsys, name, edit, expected):
     ckpt = _real(tiny_checkpoint)
     bad = tmp_path / f"{name}.ckpt"
@@ -130,12 +141,17 @@ def _snapshot(folder: Path) -> dict:
     return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("case,preset,expected", [
-    ("other_preset", "unet_tiny", "trained with model.preset=fit_tiny"),
-    ("no_ema", "fit_tiny", "keys missing (ema_backbone."),
-    ("payload", "fit_tiny", "refused"),
-])
-def test_refused_resume_leaves_the_run_as_it_was(shapes_root, tiny_checkpoint, tmp_path, capsys, case, preset, expected):
+@pytest.mark.parametrize(
+    "case,preset,expected",
+    [
+        ("other_preset", "unet_tiny", "trained with model.preset=fit_tiny"),
+        ("no_ema", "fit_tiny", "keys missing (ema_backbone."),
+        ("payload", "fit_tiny", "refused"),
+    ],
+)
+def test_refused_resume_leaves_the_run_as_it_was(
+    shapes_root, tiny_checkpoint, tmp_path, capsys, case, preset, expected
+):
     run_dir = tmp_path / "runs" / "tiny" / "version_0"
     shutil.copytree(tiny_checkpoint.parent.parent, run_dir)  # a copy: the session fixture stays intact
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -151,9 +167,17 @@ def test_refused_resume_leaves_the_run_as_it_was(shapes_root, tiny_checkpoint, t
     before = _snapshot(run_dir)
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text("trainer:\n  max_steps: 4\n")
-    overrides = tiny_overrides(shapes_root, tmp_path / "runs", preset, **{
-        "data.size": "[16,32]", "data.pad_to": "[16,32]", "logging.sample_every_n_steps": 0,
-        "logging.experiment": "tiny"})
+    overrides = tiny_overrides(
+        shapes_root,
+        tmp_path / "runs",
+        preset,
+        **{
+            "data.size": "[16,32]",
+            "data.pad_to": "[16,32]",
+            "logging.sample_every_n_steps": 0,
+            "logging.experiment": "tiny",
+        },
+    )
     assert main(["fit", str(experiment), *overrides, "--no-progress"]) == 2
     assert expected in _error_line(capsys.readouterr().err, last)
     assert _snapshot(run_dir) == before and not marker.exists()

@@ -13,11 +13,13 @@ from lit_snapvideo.config import ConfigError, load_config, save_config
 @pytest.fixture
 def experiment(tmp_path):
     base = tmp_path / "base.yaml"
-    base.write_text(textwrap.dedent("""
+    base.write_text(
+        textwrap.dedent("""
         model: {preset: fit_small}
         trainer: {max_steps: 500, seed: 3}
         diffusion: {sigma_in: 4.0}
-    """))
+    """)
+    )
     child = tmp_path / "child.yaml"
     child.write_text("base: base.yaml\ntrainer: {max_steps: 200}\noptim: {name: adam, lr: 1.0e-4}\n")
     return child
@@ -50,8 +52,16 @@ BAD = [
     ("optim: {name: sgd}", [], r"'optim\.name': 'sgd' \(expected auto, adam, adamw or lamb\)"),
     ("data: {size: [36, 64], pad_to: [32, 64]}", [], r"'data\.pad_to'"),
     ("moddel: {preset: x}", [], r"unknown key 'moddel'.*valid keys here: data, diffusion"),
-    ("{}", ["trainer.max_steps=0"], r"^command line override trainer\.max_steps=0: bad value for 'trainer\.max_steps': 0 "),
-    ("{}", ["trainer.max_steps=abc"], r"^command line override trainer\.max_steps=abc: bad value for 'trainer\.max_steps'"),
+    (
+        "{}",
+        ["trainer.max_steps=0"],
+        r"^command line override trainer\.max_steps=0: bad value for 'trainer\.max_steps': 0 ",
+    ),
+    (
+        "{}",
+        ["trainer.max_steps=abc"],
+        r"^command line override trainer\.max_steps=abc: bad value for 'trainer\.max_steps'",
+    ),
     ("{}", ["trainer.bogus=1"], r"^command line override trainer\.bogus=1: unknown key 'trainer\.bogus'"),
     ("{}", ["max_steps"], r"not of the form key\.path=value"),
     ("", [], r"the file is empty"),

@@ -92,10 +92,22 @@ def test_simple_variant_is_one_large_object_on_a_plain_background(shapes_root, t
     for r in rows:
         assert r["n_objects"] == "1" and r["size"] == "large" and r["bounce"] in ("0", "")
         assert r["background"] in ("black", "white", "gray") and r["color"] != r["background"]
-        assert parse_caption(r["caption"])["objects"] == [{"size": "large", "color": r["color"], "shape": r["shape"],
-                                                          "direction": r["direction"] or None, "bounce": False}]
+        assert parse_caption(r["caption"])["objects"] == [
+            {
+                "size": "large",
+                "color": r["color"],
+                "shape": r["shape"],
+                "direction": r["direction"] or None,
+                "bounce": False,
+            }
+        ]
         same = full[r["path"]]
-        assert (r["fps"], r["num_frames"], r["height"], r["width"]) == (same["fps"], same["num_frames"], same["height"], same["width"])
+        assert (r["fps"], r["num_frames"], r["height"], r["width"]) == (
+            same["fps"],
+            same["num_frames"],
+            same["height"],
+            same["width"],
+        )
     with pytest.raises(ValueError, match="variant 'tiny' is unknown"):
         generate_shapes(tmp_path / "bad", n_train=1, n_val=0, variant="tiny")
 
@@ -114,8 +126,10 @@ def test_motion_is_visible_at_loader_size(shapes_root):
 def test_parse_caption_round_trip():
     cases = [
         [{"size": "small", "color": "red", "shape": "circle", "direction": "left"}],
-        [{"size": "large", "color": "cyan", "shape": "triangle", "direction": "up-left", "bounce": True},
-         {"size": "small", "color": "orange", "shape": "square", "direction": "down-right"}],
+        [
+            {"size": "large", "color": "cyan", "shape": "triangle", "direction": "up-left", "bounce": True},
+            {"size": "small", "color": "orange", "shape": "square", "direction": "down-right"},
+        ],
         [{"size": "large", "color": "white", "shape": "square", "direction": None}],
     ]
     for objects in cases:
@@ -210,6 +224,7 @@ def test_joint_sampler_mixes_images_at_the_configured_fraction():
 def test_training_stream_is_resumable_and_worker_independent(shapes_root):
     """The same draws (indices, frame rates, starts) whatever the worker count, and a datamodule
     restored from a saved stream position continues exactly where the first one stopped."""
+
     def stream(workers, position=0, batches=3):
         dm = EDMDataModule(_config(shapes_root, num_workers=workers))
         dm.load_state_dict({"stream_position": position})
@@ -239,9 +254,17 @@ def bad_folder(tmp_path):
     (tmp_path / "zero.mp4").write_bytes(b"")
     _index_clip(tmp_path / "one_frame.mp4", n=1)
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
-    rows = [("good.mp4", "good one"), ("good2.mp4", "good two"), ("good3.mp4", "good three"),
-            ("truncated.mp4", "bad"), ("text.mp4", "bad"), ("zero.mp4", "bad"), ("one_frame.mp4", "bad"),
-            ("corrupt.png", "bad"), ("missing.mp4", "bad")]
+    rows = [
+        ("good.mp4", "good one"),
+        ("good2.mp4", "good two"),
+        ("good3.mp4", "good three"),
+        ("truncated.mp4", "bad"),
+        ("text.mp4", "bad"),
+        ("zero.mp4", "bad"),
+        ("one_frame.mp4", "bad"),
+        ("corrupt.png", "bad"),
+        ("missing.mp4", "bad"),
+    ]
     with open(tmp_path / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "caption", "split"])
@@ -295,7 +318,9 @@ def test_folder_with_captions_csv_and_holdout(tmp_path):
     dm.setup("fit")
     n_train, n_val = len(dm.train_set), len(dm.val_set)
     assert n_train + n_val == 40 and 1 <= n_val <= 8
-    assert {r.caption for r in dm.train_set.records} | {r.caption for r in dm.val_set.records} == {f"caption {n}" for n in names}
+    assert {r.caption for r in dm.train_set.records} | {r.caption for r in dm.val_set.records} == {
+        f"caption {n}" for n in names
+    }
     assert not {r.path for r in dm.train_set.records} & {r.path for r in dm.val_set.records}
 
 
@@ -310,8 +335,10 @@ def test_captions_csv_rows_for_missing_files_are_one_warning_and_counted(tmp_pat
         dm.setup("fit")
     assert {r.path for r in dm.train_set.records + dm.val_set.records} == {str(clip.resolve())}
     lines = [r.getMessage() for r in caplog.records if "captions.csv" in r.getMessage()]
-    assert lines == [f"{tmp_path / 'captions.csv'}: 5 row(s) name no video or image file under {tmp_path}, skipped: "
-                     "gone1.mp4, gone2.mp4, sub/gone3.mp4, ..."]
+    assert lines == [
+        f"{tmp_path / 'captions.csv'}: 5 row(s) name no video or image file under {tmp_path}, skipped: "
+        "gone1.mp4, gone2.mp4, sub/gone3.mp4, ..."
+    ]
     assert dm.skipped_files() == 5
     assert not [r for r in caplog.records if "skipping bad file" in r.getMessage()]  # one line, not one per row
 

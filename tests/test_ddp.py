@@ -28,9 +28,15 @@ from lit_snapvideo.data.datasets import JointSampler
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, STOP_AFTER = 8, 3
-SCHEDULE = {"trainer.max_steps": STEPS, "trainer.val_every_n_steps": 4, "optim.schedule": "constant",
-            "logging.sample_every_n_steps": 0, "logging.data_trace": True, "trainer.accelerator": "cpu",
-            "trainer.cpu_threads": 1}
+SCHEDULE = {
+    "trainer.max_steps": STEPS,
+    "trainer.val_every_n_steps": 4,
+    "optim.schedule": "constant",
+    "logging.sample_every_n_steps": 0,
+    "logging.data_trace": True,
+    "trainer.accelerator": "cpu",
+    "trainer.cpu_threads": 1,
+}
 DDP = {"trainer.strategy": "ddp", "trainer.devices": 2, "data.batch_size": 2}
 SINGLE = {"trainer.devices": 1, "data.batch_size": 4}
 # DDP against one process: float32 sums in another order, through 8 LAMB steps (measured: see the report)
@@ -43,7 +49,7 @@ TIMEOUT_S = 1200  # a busy 2-core machine took 9 minutes to start the two proces
 
 def _batches(sampler: JointSampler, batch_size: int) -> list[list[tuple[int, int]]]:
     draws = list(sampler)
-    return [draws[i:i + batch_size] for i in range(0, len(draws) - batch_size + 1, batch_size)]
+    return [draws[i : i + batch_size] for i in range(0, len(draws) - batch_size + 1, batch_size)]
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -51,8 +57,10 @@ def test_ranks_split_the_one_process_batches(world):
     is_image = [i % 5 == 0 for i in range(60)]
     for consumed in (0, 24):  # a fresh run, and a resumed one part-way into the stream
         single = JointSampler(is_image, 0.5, seed=3, consumed=lambda: consumed)
-        ranks = [JointSampler(is_image, 0.5, seed=3, consumed=lambda: consumed, rank=r, world_size=world)
-                 for r in range(world)]
+        ranks = [
+            JointSampler(is_image, 0.5, seed=3, consumed=lambda: consumed, rank=r, world_size=world)
+            for r in range(world)
+        ]
         assert {len(s) for s in ranks} == {len(is_image) // world}  # equal step counts on every rank
         per_rank = [_batches(s, 2) for s in ranks]
         steps = min(len(b) for b in per_rank)
@@ -88,12 +96,18 @@ def _fit(shapes_root, runs: Path, name: str, script: list[str] | None = None, **
     config = runs / "tiny.yaml"
     config.write_text("model: {preset: fit_tiny}\n")
     values = {**SCHEDULE, **settings, "logging.experiment": name}
-    command = [*(script or [sys.executable, "-m", "lit_snapvideo"]), "fit", str(config),
-               *tiny_overrides(shapes_root, runs, "fit_tiny", **values), "--no-progress"]
+    command = [
+        *(script or [sys.executable, "-m", "lit_snapvideo"]),
+        "fit",
+        str(config),
+        *tiny_overrides(shapes_root, runs, "fit_tiny", **values),
+        "--no-progress",
+    ]
     log = runs / f"{name}.log"
     with log.open("w") as out:  # its own session: a timeout ends Lightning's rank-1 process too
-        proc = subprocess.Popen(command, env=_environment(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, env=_environment(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             proc.wait(timeout=TIMEOUT_S)
         finally:
@@ -135,8 +149,10 @@ def test_two_ranks_follow_one_process_at_twice_the_batch(shapes_root, tmp_path, 
     a, b = _checkpoint(single), _checkpoint(ddp_run)
     weight_diff = _weight_difference(a, b)  # live and EMA weights, videos_seen
     val, ddp_val = _scalars(single, "val/loss"), _scalars(ddp_run, "val/loss")
-    print(f"DDP vs one process: train/loss relative {loss_diff:.3g}, weights {weight_diff:.3g}, "
-          f"val/loss {max(abs(ddp_val[s] - v) for s, v in val.items()):.3g}")  # shown with pytest -s
+    print(
+        f"DDP vs one process: train/loss relative {loss_diff:.3g}, weights {weight_diff:.3g}, "
+        f"val/loss {max(abs(ddp_val[s] - v) for s, v in val.items()):.3g}"
+    )  # shown with pytest -s
     assert loss_diff <= LOSS_RTOL
     assert weight_diff <= WEIGHT_ATOL
     assert float(b["state_dict"]["videos_seen"]) == float(a["state_dict"]["videos_seen"]) == STEPS * 4
@@ -162,7 +178,7 @@ def test_ddp_resume_repeats_the_uninterrupted_run(shapes_root, tmp_path, ddp_run
     assert read_data_trace(resumed / "data_trace.tsv") == read_data_trace(ddp_run / "data_trace.tsv")
 
 
-NAN_ON_RANK_1 = '''
+NAN_ON_RANK_1 = """
 import sys
 from lit_snapvideo.cli import main
 from lit_snapvideo.module import EDMVideoModule
@@ -179,15 +195,20 @@ def nan_on_rank_1(self, batch, generator, *args, **kwargs):  # a forced fault: r
 
 EDMVideoModule.diffusion_loss = nan_on_rank_1
 sys.exit(main())
-'''
+"""
 
 
 @pytest.mark.slow
 def test_a_nonfinite_loss_on_one_rank_skips_the_step_on_all(shapes_root, tmp_path):
     script = tmp_path / "nan_on_rank_1.py"
     script.write_text(NAN_ON_RANK_1)
-    run_dir = _fit(shapes_root, tmp_path, "nan", script=[sys.executable, str(script)],
-                   **{**DDP, "trainer.max_steps": 6, "logging.data_trace": False})  # hangs without the agreement
+    run_dir = _fit(
+        shapes_root,
+        tmp_path,
+        "nan",
+        script=[sys.executable, str(script)],
+        **{**DDP, "trainer.max_steps": 6, "logging.data_trace": False},
+    )  # hangs without the agreement
     saved = _checkpoint(run_dir)
     assert saved["global_step"] == 6
     assert saved["nonfinite_total"] == 2  # rank 0, whose own losses were finite, skipped both steps too

@@ -30,8 +30,15 @@ def test_scalings_match_table1(sigma, sd, s):
     edm = SnapEDM(sigma_data=sd, sigma_in=s, dtype=torch.float64)
     c_skip, c_out, c_in, c_noise = edm.scalings(torch.tensor(sigma, dtype=torch.float64))
     ref = closed_forms(sigma, sd, s)
-    got = {"c_skip": c_skip, "c_out": c_out, "c_in": c_in, "c_noise": c_noise, "c_nrm": edm.c_nrm(sigma),
-           "lambda": edm.loss_weight(sigma), "w": edm.f_weight(sigma)}
+    got = {
+        "c_skip": c_skip,
+        "c_out": c_out,
+        "c_in": c_in,
+        "c_noise": c_noise,
+        "c_nrm": edm.c_nrm(sigma),
+        "lambda": edm.loss_weight(sigma),
+        "w": edm.f_weight(sigma),
+    }
     for name, value in got.items():
         assert float(value) == pytest.approx(ref[name], rel=1e-12), name
 

@@ -31,15 +31,36 @@ class Recorder(L.Callback):
 
 
 def test_ema_follows_the_edm_update_with_rampup(shapes_root, tmp_path):
-    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{
-        "trainer.max_steps": STEPS, "data.batch_size": BATCH, "logging.sample_every_n_steps": 0,
-        "optim.ema_halflife_videos": HALFLIFE, "optim.ema_rampup_ratio": RAMPUP, "optim.warmup_steps": 0,
-        "optim.lr": 1e-2}))  # steps large enough that the EMA, the live weights and the start all differ
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            shapes_root,
+            tmp_path,
+            "unet_tiny",
+            **{
+                "trainer.max_steps": STEPS,
+                "data.batch_size": BATCH,
+                "logging.sample_every_n_steps": 0,
+                "optim.ema_halflife_videos": HALFLIFE,
+                "optim.ema_rampup_ratio": RAMPUP,
+                "optim.warmup_steps": 0,
+                "optim.lr": 1e-2,
+            },
+        ),
+    )  # steps large enough that the EMA, the live weights and the start all differ
     module = UNetModule(cfg)
     recorder = Recorder()
-    trainer, _ = build_trainer(cfg, tmp_path / "ema_run", module, enable_progress_bar=False, logger=False,
-                               enable_checkpointing=False, callbacks=[recorder], val_check_interval=None,
-                               limit_val_batches=0)
+    trainer, _ = build_trainer(
+        cfg,
+        tmp_path / "ema_run",
+        module,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[recorder],
+        val_check_interval=None,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=EDMDataModule(cfg))
     assert len(recorder.live) == STEPS and float(module.videos_seen) == STEPS * BATCH
 

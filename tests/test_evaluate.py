@@ -37,12 +37,28 @@ def i3d_file(tmp_path_factory):
 
 def test_evaluate_writes_probe_and_fvd_metrics(tiny_checkpoint, tmp_path, i3d_file):
     out = tmp_path / "metrics.json"
-    metrics = evaluate_checkpoint(str(tiny_checkpoint), num_videos=3, steps=2, seeds=(0, 1), batch_size=3,
-                                  fvd_detector=str(i3d_file), probe_cache=str(tmp_path / "probe"), out=str(out),
-                                  progress=False, probe_kwargs={"steps": 3, "batch_size": 4, "max_train": 16})
+    metrics = evaluate_checkpoint(
+        str(tiny_checkpoint),
+        num_videos=3,
+        steps=2,
+        seeds=(0, 1),
+        batch_size=3,
+        fvd_detector=str(i3d_file),
+        probe_cache=str(tmp_path / "probe"),
+        out=str(out),
+        progress=False,
+        probe_kwargs={"steps": 3, "batch_size": 4, "max_train": 16},
+    )
     saved = json.loads(out.read_text())
-    for key in ("probe/prompt_accuracy", "probe/fvd", "probe/temporal_consistency", "probe/val_accuracy",
-                "fvd2_8f", "fvd2_8f_std"):  # 2 real validation clips of 8 frames
+    assert metrics["probe/fvd"] == saved["probe/fvd"]  # what it returns is what it wrote
+    for key in (
+        "probe/prompt_accuracy",
+        "probe/fvd",
+        "probe/temporal_consistency",
+        "probe/val_accuracy",
+        "fvd2_8f",
+        "fvd2_8f_std",
+    ):  # 2 real validation clips of 8 frames
         assert key in saved, key
     assert 0.0 <= saved["probe/prompt_accuracy"] <= 1.0
     assert saved["probe/fvd"] >= 0 and saved["fvd2_8f"] >= 0
@@ -65,8 +81,11 @@ def test_denoising_check_error_and_caption_effect(tiny_checkpoint, monkeypatch):
         assert result[f"denoise/mse_sigma_{s:g}"] > 0 and result[f"denoise/caption_effect_sigma_{s:g}"] > 1e-4
     # every caption encoded alike (the null caption too): the caption cannot move D
     same = module.encode_text(["a red circle moving left on a black background"])
-    monkeypatch.setattr(module, "encode_text", lambda captions: (same[0].expand(len(captions), -1, -1),
-                                                                 same[1].expand(len(captions), -1)))
+    monkeypatch.setattr(
+        module,
+        "encode_text",
+        lambda captions: (same[0].expand(len(captions), -1, -1), same[1].expand(len(captions), -1)),
+    )
     ignored = denoising_check(module, num_clips=8)
     assert all(ignored[f"denoise/caption_effect_sigma_{s:g}"] == 0 for s in DENOISE_SIGMAS)
 
@@ -104,8 +123,14 @@ def test_evaluate_cli_errors(tiny_checkpoint, tmp_path, capsys):
 
 # ---- evaluate on a user's own data: FVD, FID and CLIPSIM with the user's detector files; no probe ------------------
 
-USER_CAPTIONS = ["a dog runs on the beach", "waves roll in at sunset", "a cat jumps onto a table",
-                 "rain on a window at night", "a train passes a station", "leaves fall in a park"]
+USER_CAPTIONS = [
+    "a dog runs on the beach",
+    "waves roll in at sunset",
+    "a cat jumps onto a table",
+    "rain on a window at night",
+    "a train passes a station",
+    "leaves fall in a park",
+]
 
 
 class TinyInception(nn.Module):
@@ -150,9 +175,11 @@ def detectors(tmp_path_factory):
     root = tmp_path_factory.mktemp("user_detectors")
     torch.jit.script(TinyI3D()).save(str(root / "i3d.pt"))
     torch.jit.script(TinyInception()).save(str(root / "inception.pt"))
-    tiny_clip = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
-                                                 "head_width": 16},
-                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    tiny_clip = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     (root / "tiny-clip-eval-test.json").write_text(json.dumps(tiny_clip))
     open_clip.add_model_config(root / "tiny-clip-eval-test.json")  # registers the name "tiny-clip-eval-test"
     torch.save(open_clip.model.CLIP(**tiny_clip).state_dict(), root / "clip.pt")
@@ -165,13 +192,31 @@ def test_validation_prompts_are_the_validation_captions_on_user_data(user_data, 
     assert all(" moving " in p and " and a " not in p for p in shapes)
 
 
-def test_evaluate_on_user_data_scores_fvd_fid_clipsim_and_skips_the_probe(user_checkpoint, detectors, tmp_path,
-                                                                         capsys, caplog, monkeypatch):
+def test_evaluate_on_user_data_scores_fvd_fid_clipsim_and_skips_the_probe(
+    user_checkpoint, detectors, tmp_path, capsys, caplog, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # the FVD statistics cache (.cache/fvd) lands here
     out = tmp_path / "metrics.json"
-    argv = ["evaluate", str(user_checkpoint), "--num-videos", "2", "--steps", "2", "--batch-size", "2",
-            "--fvd-detector", str(detectors["fvd"]), "--fid-detector", str(detectors["fid"]),
-            "--clip-model", "tiny-clip-eval-test", "--clip-checkpoint", str(detectors["clip"]), "--out", str(out)]
+    argv = [
+        "evaluate",
+        str(user_checkpoint),
+        "--num-videos",
+        "2",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--fvd-detector",
+        str(detectors["fvd"]),
+        "--fid-detector",
+        str(detectors["fid"]),
+        "--clip-model",
+        "tiny-clip-eval-test",
+        "--clip-checkpoint",
+        str(detectors["clip"]),
+        "--out",
+        str(out),
+    ]
     with caplog.at_level(logging.WARNING):
         assert main(argv) == 0, capsys.readouterr().err
     saved = json.loads(out.read_text())
@@ -188,8 +233,17 @@ def test_fvd_real_statistics_are_cached_per_clip_shape_and_frame_rate(user_check
     cache = tmp_path / "fvd"
 
     def evaluate() -> set:
-        evaluate_checkpoint(str(user_checkpoint), num_videos=2, steps=2, batch_size=2, fvd_detector=str(detectors["fvd"]),
-                            fvd_cache=str(cache), out=str(tmp_path / "metrics.json"), progress=False, module=module)
+        evaluate_checkpoint(
+            str(user_checkpoint),
+            num_videos=2,
+            steps=2,
+            batch_size=2,
+            fvd_detector=str(detectors["fvd"]),
+            fvd_cache=str(cache),
+            out=str(tmp_path / "metrics.json"),
+            progress=False,
+            module=module,
+        )
         return {p.name for p in cache.glob("*.pt")}
 
     first = evaluate()
@@ -199,4 +253,3 @@ def test_fvd_real_statistics_are_cached_per_clip_shape_and_frame_rate(user_check
     assert len(evaluate() - first) == 1  # another frame rate: new statistics
     module.cfg.data.size = [12, 32]
     assert len(evaluate()) == 3  # another clip size too
-

@@ -4,8 +4,15 @@ import numpy as np
 import torch
 
 from lit_snapvideo.data.video import to_uint8
-from lit_snapvideo.generation import (SEED_SPACING, evaluation_videos, generate_videos, gif_bytes, grid_legend,
-                                      video_grid_frames, write_grid)
+from lit_snapvideo.generation import (
+    SEED_SPACING,
+    evaluation_videos,
+    generate_videos,
+    gif_bytes,
+    grid_legend,
+    video_grid_frames,
+    write_grid,
+)
 from lit_snapvideo.module import load_module
 
 PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving down"]
@@ -20,8 +27,10 @@ def test_chunks_sample_with_their_own_seeds_and_lose_the_padding(tiny_checkpoint
     assert steps == [2, 2, 1, 1]  # per sampler step, the prompts of that call
     second_call = module.generate(PROMPTS[2:], steps=2, cfg_scale=2.0, seed=7 + 2)
     assert torch.equal(videos[2:], second_call)  # fit_tiny's clip has no padding to crop here
-    assert torch.equal(evaluation_videos(module, PROMPTS[:2], 2, 2.0, seed=1, batch_size=2),
-                       generate_videos(module, PROMPTS[:2], 2, 2.0, seed=SEED_SPACING, batch_size=2))
+    assert torch.equal(
+        evaluation_videos(module, PROMPTS[:2], 2, 2.0, seed=1, batch_size=2),
+        generate_videos(module, PROMPTS[:2], 2, 2.0, seed=SEED_SPACING, batch_size=2),
+    )
 
 
 def test_grid_places_each_video_and_names_its_prompts(tmp_path):

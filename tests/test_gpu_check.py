@@ -9,8 +9,10 @@ from lit_snapvideo.gpu_check import PROMISED, STAGES, CheckSettings, max_time, r
 
 
 def test_dry_run_writes_every_promised_file(shapes_root, tmp_path):
-    check = run_check(CheckSettings(out=tmp_path / "out", dry_run=True, data_root=str(shapes_root),
-                                    work_dir=str(tmp_path / "work")), log=lambda _: None)
+    check = run_check(
+        CheckSettings(out=tmp_path / "out", dry_run=True, data_root=str(shapes_root), work_dir=str(tmp_path / "work")),
+        log=lambda _: None,
+    )
     assert [(r["stage"], r["status"]) for r in check.stages] == [(s, "done") for s in STAGES], check.stages
     for name in PROMISED:
         assert (tmp_path / "out" / name).stat().st_size > 0, name

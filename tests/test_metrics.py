@@ -13,8 +13,19 @@ import torch.nn.functional as F
 from lit_snapvideo.data.datasets import load_records
 from lit_snapvideo.data.shapes import generate_shapes
 from lit_snapvideo.metrics import (
-    FID, FVD, CLIPSim, Probe, clipsim, feature_stats, frechet_distance, load_or_train_probe, load_probe, probe_fvd,
-    prompt_accuracy, save_probe, temporal_consistency,
+    FID,
+    FVD,
+    CLIPSim,
+    Probe,
+    clipsim,
+    feature_stats,
+    frechet_distance,
+    load_or_train_probe,
+    load_probe,
+    probe_fvd,
+    prompt_accuracy,
+    save_probe,
+    temporal_consistency,
 )
 from lit_snapvideo.metrics import probe as probe_lib
 from lit_snapvideo.metrics.fvd import I3D_KWARGS, to_uint8
@@ -232,7 +243,6 @@ def test_clipsim_bad_files(tiny_clip, tmp_path):
 # ------------------------------------------------------------------------------------ moving-shapes probe metrics
 
 
-
 def _moving_dot(dx: int, dy: int, frames: int = 16) -> torch.Tensor:
     """(3, T, 36, 64) black clip with a white 2x2 dot moving (dx, dy) px per frame (image coordinates, y down)."""
     clip = -torch.ones(3, frames, 36, 64)
@@ -251,20 +261,35 @@ def _motion(clip: torch.Tensor) -> tuple[float, float]:
     return float(x1 - x0), float(y1 - y0)
 
 
-UNIT = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "up-left": (-1, -1), "up-right": (1, -1),
-        "down-left": (-1, 1), "down-right": (1, 1)}
+UNIT = {
+    "left": (-1, 0),
+    "right": (1, 0),
+    "up": (0, -1),
+    "down": (0, 1),
+    "up-left": (-1, -1),
+    "up-right": (1, -1),
+    "down-left": (-1, 1),
+    "down-right": (1, 1),
+}
 
 
 def test_augment_labels_follow_the_pixels():
     names = ATTRIBUTES["direction"]
     clips = torch.stack([_moving_dot(*UNIT[d]) for d in names for _ in range(4)])
     direction = torch.tensor([i for i in range(len(names)) for _ in range(4)])
-    labels = {"direction": direction, "bounce": torch.zeros_like(direction), "shape": direction * 0, "color": direction * 0}
+    labels = {
+        "direction": direction,
+        "bounce": torch.zeros_like(direction),
+        "shape": direction * 0,
+        "color": direction * 0,
+    }
     out, new = augment(clips, labels, torch.Generator().manual_seed(0))
     assert (new["direction"] != direction).any()  # some clips were mirrored or reversed
     for clip, label in zip(out, new["direction"].tolist()):
         dx, dy = _motion(clip)
-        assert (math.copysign(1, dx) if abs(dx) > 0.5 else 0, math.copysign(1, dy) if abs(dy) > 0.5 else 0) == UNIT[names[label]]
+        assert (math.copysign(1, dx) if abs(dx) > 0.5 else 0, math.copysign(1, dy) if abs(dy) > 0.5 else 0) == UNIT[
+            names[label]
+        ]
     # bouncing clips are never time-reversed; stills keep IGNORE
     bounce = {**labels, "bounce": torch.ones_like(direction), "direction": torch.full_like(direction, IGNORE)}
     _, new = augment(clips, bounce, torch.Generator().manual_seed(0))
@@ -290,13 +315,15 @@ def _coded_clip(shape: str, color: str, direction: str, pad: bool = True) -> tor
 
 def test_prompt_accuracy_counts_matches_stills_and_skips_two_objects():
     probe = OracleProbe()
-    clips = torch.stack([
-        _coded_clip("circle", "red", "left"),       # all right
-        _coded_clip("square", "red", "left"),       # wrong shape
-        _coded_clip("circle", "blue", "right"),     # wrong direction
-        _coded_clip("triangle", "green", "up"),     # a still prompt: direction not scored
-        _coded_clip("circle", "red", "left"),       # two-object prompt: skipped
-    ])
+    clips = torch.stack(
+        [
+            _coded_clip("circle", "red", "left"),  # all right
+            _coded_clip("square", "red", "left"),  # wrong shape
+            _coded_clip("circle", "blue", "right"),  # wrong direction
+            _coded_clip("triangle", "green", "up"),  # a still prompt: direction not scored
+            _coded_clip("circle", "red", "left"),  # two-object prompt: skipped
+        ]
+    )
     prompts = [
         "a small red circle moving left on a black background",
         "a small red circle moving left on a black background",

@@ -39,7 +39,9 @@ def tiny(preset: str, **overrides) -> torch.nn.Module:
 
 def inputs(batch=2, frames=8, size=(16, 16), seed=0):
     """Random inputs; sample 1 (and every odd one) is a still image with fps = inf."""
-    return example_inputs(batch, frames, size, text_len=5, text_dim=TEXT_DIM, generator=torch.Generator().manual_seed(seed))
+    return example_inputs(
+        batch, frames, size, text_len=5, text_dim=TEXT_DIM, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def perturb_(model: torch.nn.Module, scale: float = 0.05) -> None:
@@ -93,7 +95,10 @@ def test_fit_self_conditioning_none_equals_zeros():
     for a, b, c in zip(plain, zeros, random):  # at init (gamma = 0) even random latents are a no-op
         assert torch.equal(a, b) and torch.equal(a, c)
     perturb_(model)  # trained weights: None still means zero previous latents, random latents now matter
-    plain, zeros = model(x, c_noise, cond)[0], model(x, c_noise, cond, torch.zeros(2, model.num_latents, model.latent_dim))[0]
+    plain, zeros = (
+        model(x, c_noise, cond)[0],
+        model(x, c_noise, cond, torch.zeros(2, model.num_latents, model.latent_dim))[0],
+    )
     torch.testing.assert_close(plain, zeros)
     assert not torch.allclose(plain, model(x, c_noise, cond, latent_state(model, 2))[0])
 
@@ -214,8 +219,11 @@ def test_paper_hyperparameters_of_tables_7_and_8():
     table8 = paper.TABLE8["fit_3_9b"]
     fit = build_backbone("fit_3_9b", 1024, device="meta")
     assert (fit.patch_size, fit.group_size, fit.num_latents, fit.latent_dim) == tuple(
-        table8[k] for k in ("patch_size", "group_size", "num_latents", "latent_dim"))
-    assert len(fit.blocks) == table8["num_blocks"] and all(len(b.compute) == table8["global_layers"] for b in fit.blocks)
+        table8[k] for k in ("patch_size", "group_size", "num_latents", "latent_dim")
+    )
+    assert len(fit.blocks) == table8["num_blocks"] and all(
+        len(b.compute) == table8["global_layers"] for b in fit.blocks
+    )
     assert fit.layout(16, 40, 64) == ((16, 10, 16), (1, 2, 4))  # 2,560 patches in 8 groups (Table 8)
     assert fit.blocks[0].compute[0].attn.heads == table8["latent_dim"] // table8["latent_head_dim"]
     table7 = paper.TABLE7["unet_284m"]
@@ -318,12 +326,16 @@ def test_zero_initialised_fit_options_are_a_no_op_at_init(option):
 
 def test_zero_initialised_cond_read_is_the_identity_at_init():
     """Before training, a zero-initialised cond-read passes the latents through: the caption cannot move F yet."""
+
     def outputs(model, text_shift):
         with torch.no_grad():
-            model.out_proj.weight.copy_(torch.randn(model.out_proj.weight.shape,
-                                                    generator=torch.Generator().manual_seed(3)))
+            model.out_proj.weight.copy_(
+                torch.randn(model.out_proj.weight.shape, generator=torch.Generator().manual_seed(3))
+            )
         x, c_noise, cond = inputs(2)
-        cond["text"] = cond["text"] + text_shift * torch.randn(cond["text"].shape, generator=torch.Generator().manual_seed(4))
+        cond["text"] = cond["text"] + text_shift * torch.randn(
+            cond["text"].shape, generator=torch.Generator().manual_seed(4)
+        )
         return model(x, c_noise, cond)[0]
 
     zero_init, plain = tiny("fit_tiny", cond_read_zero_init=True), tiny("fit_tiny")

@@ -37,9 +37,17 @@ TOY = registry.Backbone(ToyBackbone, {"name": "adamw", "lr": 1e-3, "betas": (0.9
 def test_a_registered_toy_backbone_trains_through_the_cli(shapes_root, tmp_path, monkeypatch, capsys):
     experiment = tmp_path / "toy.yaml"
     experiment.write_text("trainer:\n  max_steps: 2\n")
-    overrides = tiny_overrides(shapes_root, tmp_path / "runs", "toy", **{
-        "model.overrides.width": 4, "data.size": "[16,32]", "data.pad_to": "[16,32]",
-        "logging.sample_every_n_steps": 0})
+    overrides = tiny_overrides(
+        shapes_root,
+        tmp_path / "runs",
+        "toy",
+        **{
+            "model.overrides.width": 4,
+            "data.size": "[16,32]",
+            "data.pad_to": "[16,32]",
+            "logging.sample_every_n_steps": 0,
+        },
+    )
     with monkeypatch.context() as patch:
         patch.setitem(registry.BACKBONES, "toy", TOY)
         assert main(["fit", str(experiment), *overrides, "--no-progress"]) == 0

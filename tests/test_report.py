@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from lit_snapvideo import paper
 from lit_snapvideo.cli import main
@@ -12,10 +11,21 @@ from lit_snapvideo.report import compare_runs, sigma_report
 def _run(tmp_path, name, kind, train_ms, infer_ms, metrics=None):
     run = tmp_path / name / "version_0"
     run.mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({
-        "experiment": name, "preset": f"{kind}_small", "kind": kind, "parameters": 2_100_000, "steps": 1000,
-        "wall_time_s": 600.0, "train_ms_per_video": train_ms, "infer_ms_per_video_per_eval": infer_ms,
-        "final_val_loss": 0.5}))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "experiment": name,
+                "preset": f"{kind}_small",
+                "kind": kind,
+                "parameters": 2_100_000,
+                "steps": 1000,
+                "wall_time_s": 600.0,
+                "train_ms_per_video": train_ms,
+                "infer_ms_per_video_per_eval": infer_ms,
+                "final_val_loss": 0.5,
+            }
+        )
+    )
     if metrics:
         (run / "metrics.json").write_text(json.dumps(metrics))
     return run
@@ -26,12 +36,16 @@ def test_compare_table2_layout_and_ratios(tmp_path):
     unet = _run(tmp_path, "unet", "unet", 150.0, 40.0)
     text = compare_runs([fit, unet], tmp_path / "ablation.md")
     assert "| fit | fit_small | 2.1M | 1000 steps | 1000 |" in text
-    assert ("Training speed-up FIT over U-Net (ours): 3.00x (paper, FIT 500M vs U-Net 284M: "
-            f"{paper.speedup('train_ms'):.2f}x)") in text
+    assert (
+        "Training speed-up FIT over U-Net (ours): 3.00x (paper, FIT 500M vs U-Net 284M: "
+        f"{paper.speedup('train_ms'):.2f}x)"
+    ) in text
     assert f"4.00x (paper: {paper.speedup('infer_ms'):.2f}x)" in text
     row = paper.table2("fit_500m")
-    assert (f"| {row['model']} | 500.0M | {row['fid']} | {row['fvd']} | {row['clipsim']} | {row['train_ms']} | "
-            f"{row['infer_ms']} |") in text
+    assert (
+        f"| {row['model']} | 500.0M | {row['fid']} | {row['fvd']} | {row['clipsim']} | {row['train_ms']} | "
+        f"{row['infer_ms']} |"
+    ) in text
     assert "probe/prompt_accuracy" in text and "0.5000" in text
     assert (tmp_path / "ablation.md").read_text() == text
 
@@ -59,7 +73,9 @@ def test_reports_name_the_runs_data(tmp_path):
     text = compare_runs([fit, unet], tmp_path / "ablation.md")
     assert "CPU-scale presets on `/my/videos`, `data/shapes_simple` (16x40x64, 8x24x40 clips," in text
     assert "fit_small on `data/shapes_simple` (8x24x40 clips," in sigma_report([fit], tmp_path / "sigma.md")
-    assert "on the embedded moving-shapes set" in sigma_report([_run(tmp_path, "old", "fit", 1.0, 1.0)], tmp_path / "s.md")
+    assert "on the embedded moving-shapes set" in sigma_report(
+        [_run(tmp_path, "old", "fit", 1.0, 1.0)], tmp_path / "s.md"
+    )
 
 
 def test_sigma_report_rows(tmp_path):

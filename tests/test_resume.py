@@ -24,8 +24,14 @@ from lit_snapvideo.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS, STOP_AFTER = 14, 5
-SCHEDULE = {"data.batch_size": 4, "trainer.max_steps": MAX_STEPS, "trainer.val_every_n_steps": 4,
-            "trainer.checkpoint_every_n_steps": 5, "logging.sample_every_n_steps": 0, "logging.data_trace": True}
+SCHEDULE = {
+    "data.batch_size": 4,
+    "trainer.max_steps": MAX_STEPS,
+    "trainer.val_every_n_steps": 4,
+    "trainer.checkpoint_every_n_steps": 5,
+    "logging.sample_every_n_steps": 0,
+    "logging.data_trace": True,
+}
 
 
 def _overrides(shapes_root, runs, name) -> list[str]:
@@ -93,8 +99,9 @@ def test_resume_after_a_crash_mid_epoch(shapes_root, tmp_path, straight_run, mon
 
 def test_resume_after_max_steps_mid_epoch(shapes_root, tmp_path, straight_run):
     """Stopped by a smaller max_steps (last.ckpt written at the end of training), then run to the end."""
-    fit(load_config(None, _overrides(shapes_root, tmp_path, "stopped")), enable_progress_bar=False,
-        max_steps=STOP_AFTER)
+    fit(
+        load_config(None, _overrides(shapes_root, tmp_path, "stopped")), enable_progress_bar=False, max_steps=STOP_AFTER
+    )
     run_dir = tmp_path / "stopped" / "version_0"
     first = json.loads((run_dir / "summary.json").read_text())["wall_time_s"]
     fit(load_config(None, _overrides(shapes_root, tmp_path, "stopped")), enable_progress_bar=False)
@@ -105,8 +112,15 @@ def test_resume_after_max_steps_mid_epoch(shapes_root, tmp_path, straight_run):
 def _fit_command(shapes_root, runs: Path, name: str) -> list[str]:
     config = runs / "tiny.yaml"
     config.write_text("model: {preset: fit_tiny}\n")
-    return [sys.executable, "-m", "lit_snapvideo", "fit", str(config), *_overrides(shapes_root, runs, name),
-            "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "lit_snapvideo",
+        "fit",
+        str(config),
+        *_overrides(shapes_root, runs, name),
+        "--no-progress",
+    ]
 
 
 def _environment() -> dict:
@@ -120,14 +134,16 @@ def test_resume_after_sigkill_mid_epoch(shapes_root, tmp_path):
     """Real processes: an uninterrupted run; a run killed with SIGKILL in step 7 or 8 (last.ckpt holds step 5;
     the next save comes with the validation after step 8), rerun to the end."""
     env = _environment()
-    straight = subprocess.run(_fit_command(shapes_root, tmp_path, "straight"), env=env, capture_output=True,
-                              text=True, timeout=600)
+    straight = subprocess.run(
+        _fit_command(shapes_root, tmp_path, "straight"), env=env, capture_output=True, text=True, timeout=600
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     run_dir = tmp_path / "killed" / "version_0"
     trace = run_dir / "data_trace.tsv"
-    proc = subprocess.Popen(_fit_command(shapes_root, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _fit_command(shapes_root, tmp_path, "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 300
         # Lightning runs checkpoint callbacks last: step 6 in the trace means step 5's save is complete
@@ -145,8 +161,9 @@ def test_resume_after_sigkill_mid_epoch(shapes_root, tmp_path):
     before = saved["callbacks"]["WallTime"]["seconds"]
 
     started = time.monotonic()
-    resumed = subprocess.run(_fit_command(shapes_root, tmp_path, "killed"), env=env, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        _fit_command(shapes_root, tmp_path, "killed"), env=env, capture_output=True, text=True, timeout=600
+    )
     elapsed = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_run(tmp_path / "straight" / "version_0", run_dir)

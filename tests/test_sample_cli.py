@@ -11,11 +11,32 @@ from lit_snapvideo.cli import main
 
 def test_sample_writes_decodable_mp4_and_grid(tiny_checkpoint, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red circle moving left on a black background\n\na blue square moving up on a white background\n")
+    prompts.write_text(
+        "a red circle moving left on a black background\n\na blue square moving up on a white background\n"
+    )
     out = tmp_path / "samples"
-    rc = main(["sample", str(tiny_checkpoint), "--prompts-file", str(prompts), "--prompt", "a green triangle moving down",
-               "--steps", "3", "--cfg", "2", "--threshold", "0.995", "--oscillate-low", "1", "--batch-size", "2",
-               "--out", str(out)])
+    rc = main(
+        [
+            "sample",
+            str(tiny_checkpoint),
+            "--prompts-file",
+            str(prompts),
+            "--prompt",
+            "a green triangle moving down",
+            "--steps",
+            "3",
+            "--cfg",
+            "2",
+            "--threshold",
+            "0.995",
+            "--oscillate-low",
+            "1",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     files = sorted(out.glob("*.mp4"))
     assert [f.name for f in files] == ["000.mp4", "001.mp4", "002.mp4"]
@@ -26,11 +47,14 @@ def test_sample_writes_decodable_mp4_and_grid(tiny_checkpoint, tmp_path, capsys)
     assert (out / "prompts.txt").read_text().splitlines()[0] == "a green triangle moving down"  # --prompt first
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--prompt", " "], "prompt 1 is empty"),
-    ([], "no prompt given"),
-    (["--prompt", "x", "--steps", "0"], "--steps"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--prompt", " "], "prompt 1 is empty"),
+        ([], "no prompt given"),
+        (["--prompt", "x", "--steps", "0"], "--steps"),
+    ],
+)
 def test_sample_bad_prompts(tiny_checkpoint, tmp_path, capsys, args, message):
     assert main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "o"), *args]) == 2
     assert message in capsys.readouterr().err
@@ -52,6 +76,9 @@ def test_sample_bad_checkpoints(tmp_path, capsys):
 
 
 def test_sample_cli_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lit_snapvideo", "sample", str(tmp_path / "x.ckpt"), "--prompt", "a"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lit_snapvideo", "sample", str(tmp_path / "x.ckpt"), "--prompt", "a"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

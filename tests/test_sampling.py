@@ -88,10 +88,26 @@ def test_churn_is_stochastic_and_still_samples_the_gaussian():
     mu, s = 0.5, 0.3
     noise = torch.randn(4, 25_000, generator=torch.Generator().manual_seed(0))
     den = gaussian_denoiser(mu, s, 4.0)
-    a = sample(den, noise, karras_sigmas(256), 4.0, churn=40, churn_sigma_min=0.05, churn_sigma_max=50,
-               generator=torch.Generator().manual_seed(1))
-    b = sample(den, noise, karras_sigmas(256), 4.0, churn=40, churn_sigma_min=0.05, churn_sigma_max=50,
-               generator=torch.Generator().manual_seed(2))
+    a = sample(
+        den,
+        noise,
+        karras_sigmas(256),
+        4.0,
+        churn=40,
+        churn_sigma_min=0.05,
+        churn_sigma_max=50,
+        generator=torch.Generator().manual_seed(1),
+    )
+    b = sample(
+        den,
+        noise,
+        karras_sigmas(256),
+        4.0,
+        churn=40,
+        churn_sigma_min=0.05,
+        churn_sigma_max=50,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert not torch.equal(a, b)
     assert float(a.mean()) == pytest.approx(mu, rel=0.03) and float(a.std()) == pytest.approx(s, rel=0.03)
 

@@ -84,17 +84,35 @@ def _sample(pid: int) -> tuple[int, list[int], list[str]]:
 def test_a_long_run_keeps_memory_and_file_handles_flat(shapes_root, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("model: {preset: fit_tiny}\n")
-    overrides = tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
-        "data.size": "[16,32]", "data.pad_to": "[16,32]", "data.num_workers": 1, "trainer.max_steps": STEPS,
-        "trainer.val_every_n_steps": 200, "logging.sample_every_n_steps": 250, "trainer.checkpoint_every_n_steps": 100,
-        "trainer.log_every_n_steps": 10, "trainer.cpu_threads": 1, "logging.experiment": "soak"})
+    overrides = tiny_overrides(
+        shapes_root,
+        tmp_path,
+        "fit_tiny",
+        **{
+            "data.size": "[16,32]",
+            "data.pad_to": "[16,32]",
+            "data.num_workers": 1,
+            "trainer.max_steps": STEPS,
+            "trainer.val_every_n_steps": 200,
+            "logging.sample_every_n_steps": 250,
+            "trainer.checkpoint_every_n_steps": 100,
+            "trainer.log_every_n_steps": 10,
+            "trainer.cpu_threads": 1,
+            "logging.experiment": "soak",
+        },
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     log = tmp_path / "soak.log"
     samples: list[tuple[float, int, list[int], list[str]]] = []
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lit_snapvideo", "fit", "--no-progress", str(config), *overrides],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lit_snapvideo", "fit", "--no-progress", str(config), *overrides],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         started = time.monotonic()
         try:
             while proc.poll() is None and time.monotonic() - started < TIMEOUT_S:
@@ -112,19 +130,29 @@ def test_a_long_run_keeps_memory_and_file_handles_flat(shapes_root, tmp_path):
     assert len(samples) >= 40, f"only {len(samples)} samples of a {samples[-1][0]:.0f} s run"
 
     quarter = len(samples) // 4
-    second, last = samples[quarter:2 * quarter], samples[3 * quarter:]
+    second, last = samples[quarter : 2 * quarter], samples[3 * quarter :]
     rss_second = statistics.median(s[1] for s in second)
     rss_last = statistics.median(s[1] for s in last)
     fds_second = statistics.median(sum(s[2]) for s in second)
     fds_last = statistics.median(sum(s[2]) for s in last)
-    result = {"steps": STEPS, "seconds": samples[-1][0], "samples": len(samples),
-              "rss_mib_second_quarter": rss_second / 2**20, "rss_mib_last_quarter": rss_last / 2**20,
-              "rss_growth": rss_last / rss_second - 1, "rss_mib_max": max(s[1] for s in samples) / 2**20,
-              "fds_second_quarter": fds_second, "fds_last_quarter": fds_last,
-              "fds_max": max(sum(s[2]) for s in samples), "processes": statistics.median(len(s[2]) for s in last)}
+    result = {
+        "steps": STEPS,
+        "seconds": samples[-1][0],
+        "samples": len(samples),
+        "rss_mib_second_quarter": rss_second / 2**20,
+        "rss_mib_last_quarter": rss_last / 2**20,
+        "rss_growth": rss_last / rss_second - 1,
+        "rss_mib_max": max(s[1] for s in samples) / 2**20,
+        "fds_second_quarter": fds_second,
+        "fds_last_quarter": fds_last,
+        "fds_max": max(sum(s[2]) for s in samples),
+        "processes": statistics.median(len(s[2]) for s in last),
+    }
+
     # which descriptors the last quarter holds more often than the second (by target, sockets and pipes by kind)
     def kinds(sample) -> Counter:
         return Counter(re.sub(r"\[\d+\]", "", t) for t in sample[3])
+
     base = Counter()
     for sample in second:
         base |= kinds(sample)

@@ -12,8 +12,19 @@ PROBE = {"steps": 3, "batch_size": 4, "max_train": 16}
 
 @pytest.mark.parametrize("kind, values, swept", [("cfg", [0, 2, 8], "cfg_scale"), ("steps", [2, 3], "steps")])
 def test_sweep_writes_csv_and_png(kind, values, swept, tiny_checkpoint, tmp_path):
-    run_sweep([str(tiny_checkpoint)], kind, values, num_videos=2, steps=2, batch_size=2, out_dir=tmp_path,
-              device="cpu", probe_cache=str(tmp_path / "probe"), probe_kwargs=PROBE, log=lambda _: None)
+    run_sweep(
+        [str(tiny_checkpoint)],
+        kind,
+        values,
+        num_videos=2,
+        steps=2,
+        batch_size=2,
+        out_dir=tmp_path,
+        device="cpu",
+        probe_cache=str(tmp_path / "probe"),
+        probe_kwargs=PROBE,
+        log=lambda _: None,
+    )
     with open(tmp_path / f"sweep_{kind}.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
@@ -33,14 +44,17 @@ def test_steps_sweep_is_capped_on_the_cpu():
     assert max(sweep_values("steps", None, "cuda")) == 1024 and len(sweep_values("cfg", None, "cpu")) == 15
 
 
-@pytest.mark.parametrize("args, message", [
-    (["cfg", "CKPT", "--values", "-1"], "must be finite and >= 0"),
-    (["steps", "CKPT", "--values", "2.5"], "whole number >= 1"),
-    (["cfg", "CKPT", "--num-videos", "0"], "must be >= 1"),
-    (["cfg", "CKPT", "--clip-model", "ViT-B-32"], "needs both"),
-    (["cfg", "CKPT", "--fvd-detector", "missing.pt"], "file not found"),
-    (["cfg", "missing.ckpt"], "missing.ckpt: file not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["cfg", "CKPT", "--values", "-1"], "must be finite and >= 0"),
+        (["steps", "CKPT", "--values", "2.5"], "whole number >= 1"),
+        (["cfg", "CKPT", "--num-videos", "0"], "must be >= 1"),
+        (["cfg", "CKPT", "--clip-model", "ViT-B-32"], "needs both"),
+        (["cfg", "CKPT", "--fvd-detector", "missing.pt"], "file not found"),
+        (["cfg", "missing.ckpt"], "missing.ckpt: file not found"),
+    ],
+)
 def test_cli_rejects_bad_input(args, message, tiny_checkpoint, capsys, tmp_path):
     args = [str(tiny_checkpoint) if a == "CKPT" else a for a in args]
     assert main(["sweep", *args, "--out-dir", str(tmp_path)]) == 2

@@ -10,7 +10,10 @@ import torch
 
 from lit_snapvideo.models.text import NULL_CAPTION, TextEncoder
 
-CAPTIONS = ["a small red circle moving left on a black background", "a large blue square moving up on a white background"]
+CAPTIONS = [
+    "a small red circle moving left on a black background",
+    "a large blue square moving up on a white background",
+]
 
 
 @pytest.fixture

@@ -46,8 +46,10 @@ def test_diffusion_loss_falls_on_a_fixed_batch(shapes_root, tmp_path, preset):
     from lit_snapvideo.data.datamodule import EDMDataModule
     from lit_snapvideo.seeding import seeded_generator
 
-    cfg = load_config(EXPERIMENTS / f"{preset.split('_')[0]}.yaml",
-                      tiny_overrides(shapes_root, tmp_path, preset, **{"text.label_dropout": 0.0}))
+    cfg = load_config(
+        EXPERIMENTS / f"{preset.split('_')[0]}.yaml",
+        tiny_overrides(shapes_root, tmp_path, preset, **{"text.label_dropout": 0.0}),
+    )
     module = module_for(cfg)(cfg)
     dm = EDMDataModule(cfg)
     dm.setup("fit")
@@ -79,8 +81,9 @@ def test_paper_optimiser_defaults(shapes_root, tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine(shapes_root, tmp_path):
-    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{"optim.warmup_steps": 10,
-                                                                                   "trainer.max_steps": 110}))
+    cfg = load_config(
+        None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{"optim.warmup_steps": 10, "trainer.max_steps": 110})
+    )
     m = UNetModule(cfg)
     assert m.lr_factor(0) == pytest.approx(0.1) and m.lr_factor(9) == pytest.approx(1.0)
     assert m.lr_factor(60) == pytest.approx(0.5) and m.lr_factor(110) == pytest.approx(0.0, abs=1e-12)
@@ -90,18 +93,49 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
     from lit_snapvideo.metrics import probe
 
     # the real probe class, trained for a few steps only (the default recipe takes minutes)
-    tiny_probe = probe.train_probe(shapes_root, frames=8, size=(16, 16), steps=3, batch_size=4, max_train=16,
-                                   num_workers=0, work_dir=tmp_path / "probe")
+    tiny_probe = probe.train_probe(
+        shapes_root,
+        frames=8,
+        size=(16, 16),
+        steps=3,
+        batch_size=4,
+        max_train=16,
+        num_workers=0,
+        work_dir=tmp_path / "probe",
+    )
     monkeypatch.setattr(probe, "probe_for", lambda cfg, *a, **k: tiny_probe)
-    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
-        "trainer.max_steps": 4, "trainer.val_every_n_steps": 2, "logging.sample_every_n_steps": 2,
-        "logging.experiment": "tb", "logging.quality_every_n_steps": 2, "logging.quality_num_videos": 2,
-        "logging.quality_steps": 2}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            shapes_root,
+            tmp_path,
+            "fit_tiny",
+            **{
+                "trainer.max_steps": 4,
+                "trainer.val_every_n_steps": 2,
+                "logging.sample_every_n_steps": 2,
+                "logging.experiment": "tb",
+                "logging.quality_every_n_steps": 2,
+                "logging.quality_num_videos": 2,
+                "logging.quality_steps": 2,
+            },
+        ),
+    )
     run_dir = fit(cfg, enable_progress_bar=False)
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ("train/loss", "train/lr", "train/grad_norm", "val/loss", "perf/ms_per_video", "perf/videos_per_s",
-                "perf/peak_memory_gib", "data/skipped_files", "quality/prompt_accuracy", "quality/probe_fvd"):
+    for tag in (
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "val/loss",
+        "perf/ms_per_video",
+        "perf/videos_per_s",
+        "perf/peak_memory_gib",
+        "data/skipped_files",
+        "quality/prompt_accuracy",
+        "quality/probe_fvd",
+    ):
         assert tag in scalars, (tag, sorted(scalars))
     assert any(t.startswith("train/loss_sigma_q") for t in scalars)
     images = events.Images("samples/grid")
@@ -128,15 +162,27 @@ def test_resume_equals_uninterrupted(shapes_root, tmp_path, preset):
     """2N steps in one run == N steps, resume, N steps: weights, EMA, optimiser state, within 1e-6."""
     n = 3
     common = {"logging.sample_every_n_steps": 0, "trainer.val_every_n_steps": 100, "optim.warmup_steps": 2}
-    one = load_config(None, tiny_overrides(shapes_root, tmp_path, preset, **common, **{
-        "trainer.max_steps": 2 * n, "logging.experiment": "straight"}))
+    one = load_config(
+        None,
+        tiny_overrides(
+            shapes_root, tmp_path, preset, **common, **{"trainer.max_steps": 2 * n, "logging.experiment": "straight"}
+        ),
+    )
     straight = _final_state(fit(one, enable_progress_bar=False))
 
-    half = load_config(None, tiny_overrides(shapes_root, tmp_path, preset, **common, **{
-        "trainer.max_steps": 2 * n, "logging.experiment": "resumed"}))
+    half = load_config(
+        None,
+        tiny_overrides(
+            shapes_root, tmp_path, preset, **common, **{"trainer.max_steps": 2 * n, "logging.experiment": "resumed"}
+        ),
+    )
     fit(half, enable_progress_bar=False, max_steps=n)  # stop half way (same schedule length)
-    again = load_config(None, tiny_overrides(shapes_root, tmp_path, preset, **common, **{
-        "trainer.max_steps": 2 * n, "logging.experiment": "resumed"}))
+    again = load_config(
+        None,
+        tiny_overrides(
+            shapes_root, tmp_path, preset, **common, **{"trainer.max_steps": 2 * n, "logging.experiment": "resumed"}
+        ),
+    )
     resumed = _final_state(fit(again, enable_progress_bar=False))
 
     assert straight["global_step"] == resumed["global_step"] == 2 * n
@@ -145,7 +191,9 @@ def test_resume_equals_uninterrupted(shapes_root, tmp_path, preset):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     assert not torch.equal(a["videos_seen"], torch.zeros((), dtype=torch.float64))
-    for sa, sb in zip(straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()):
+    for sa, sb in zip(
+        straight["optimizer_states"][0]["state"].values(), resumed["optimizer_states"][0]["state"].values()
+    ):
         for k in sa:
             if torch.is_tensor(sa[k]):
                 torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6)
@@ -168,17 +216,30 @@ class NaNAfter(torch.nn.Module):
 
 
 def test_nonfinite_loss_skips_then_stops(shapes_root, tmp_path):
-    from lit_snapvideo.models.presets import build_backbone
     from lit_snapvideo.train import build_trainer
     from lit_snapvideo.data.datamodule import EDMDataModule
 
-    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{
-        "optim.max_nonfinite_steps": 3, "trainer.max_steps": 20, "logging.sample_every_n_steps": 0}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            shapes_root,
+            tmp_path,
+            "unet_tiny",
+            **{"optim.max_nonfinite_steps": 3, "trainer.max_steps": 20, "logging.sample_every_n_steps": 0},
+        ),
+    )
     module = UNetModule(cfg)
     module.backbone = NaNAfter(module.backbone, start=3)
     module.__dict__["_train_forward"] = module.backbone
-    trainer, _ = build_trainer(cfg, tmp_path / "nan_run", module, enable_progress_bar=False, logger=False,
-                               enable_checkpointing=False, callbacks=[])
+    trainer, _ = build_trainer(
+        cfg,
+        tmp_path / "nan_run",
+        module,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[],
+    )
     with pytest.raises(NonFiniteLossError, match="3 steps in a row.*optim.lr"):
         trainer.fit(module, datamodule=EDMDataModule(cfg))
     assert module.nonfinite_total == 3 and module.backbone.calls == 2 + 3
@@ -187,8 +248,12 @@ def test_nonfinite_loss_skips_then_stops(shapes_root, tmp_path):
 
 
 def test_checkpoint_loads_back_and_has_clean_keys(shapes_root, tmp_path):
-    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
-        "trainer.max_steps": 2, "logging.sample_every_n_steps": 0}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            shapes_root, tmp_path, "fit_tiny", **{"trainer.max_steps": 2, "logging.sample_every_n_steps": 0}
+        ),
+    )
     run_dir = fit(cfg, enable_progress_bar=False)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     keys = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].keys()
@@ -212,8 +277,15 @@ def test_last_checkpoint_is_the_newest_state(shapes_root, tmp_path):
     from lit_snapvideo.data.datamodule import EDMDataModule
     from lit_snapvideo.train import build_trainer
 
-    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_tiny", **{
-        "trainer.max_steps": 5, "trainer.val_every_n_steps": 2, "logging.sample_every_n_steps": 0}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            shapes_root,
+            tmp_path,
+            "fit_tiny",
+            **{"trainer.max_steps": 5, "trainer.val_every_n_steps": 2, "logging.sample_every_n_steps": 0},
+        ),
+    )
     module = WorseningValidation(cfg)
     steps_at_validation = []
     trainer, parts = build_trainer(cfg, tmp_path / "runs" / "run" / "version_0", module, enable_progress_bar=False)
@@ -234,8 +306,15 @@ def test_last_checkpoint_is_the_newest_state(shapes_root, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_backbone_saves_clean_keys(shapes_root, tmp_path):
-    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{
-        "trainer.max_steps": 2, "logging.sample_every_n_steps": 0, "model.compile": True}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            shapes_root,
+            tmp_path,
+            "unet_tiny",
+            **{"trainer.max_steps": 2, "logging.sample_every_n_steps": 0, "model.compile": True},
+        ),
+    )
     run_dir = fit(cfg, enable_progress_bar=False)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     keys = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].keys()

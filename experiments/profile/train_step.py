@@ -6,6 +6,7 @@ For fit_small and unet_small at the throughput table's setting (16x40x64, batch 
 by self CPU time for one step (after two warm-up steps), then the variants below timed side by side in this one
 process (median of 5 steps, ms per video), so before and after share the machine's load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,13 @@ def make_step(preset: str, batch: int, frames: int, size: tuple[int, int], chann
     video = torch.randn(batch, 3, frames, *size)
     if channels_last:
         video = video.contiguous(memory_format=torch.channels_last_3d)
-    data = {"video": video, "caption": ["a profiled clip"] * batch, "fps": torch.full((batch,), 8.0),
-            "orig_size": torch.tensor([[36.0, 64.0]]).expand(batch, 2), "is_image": torch.zeros(batch, dtype=torch.bool)}
+    data = {
+        "video": video,
+        "caption": ["a profiled clip"] * batch,
+        "fps": torch.full((batch,), 8.0),
+        "orig_size": torch.tensor([[36.0, 64.0]]).expand(batch, 2),
+        "is_image": torch.zeros(batch, dtype=torch.bool),
+    }
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
@@ -68,7 +74,7 @@ def main() -> None:
     frames, size = 16, (40, 64)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for preset in ([] if args.skip_profile else ["fit_small", "unet_small"]):
+    for preset in [] if args.skip_profile else ["fit_small", "unet_small"]:
         step = make_step(preset, args.batch, frames, size)
         step(), step()
         with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
@@ -87,7 +93,9 @@ def main() -> None:
     for _ in range(3):
         for name, step in steps.items():
             results[name].append(ms_per_video(step, args.batch))
-    lines = [f"threads {args.threads}, batch {args.batch}, 16x40x64, fp32; ms/video, median of 5 steps, 3 interleaved rounds"]
+    lines = [
+        f"threads {args.threads}, batch {args.batch}, 16x40x64, fp32; ms/video, median of 5 steps, 3 interleaved rounds"
+    ]
     for name, values in results.items():
         lines.append(f"{name:32s} " + " ".join(f"{v:7.1f}" for v in values))
     (out / "variants.txt").write_text("\n".join(lines) + "\n")

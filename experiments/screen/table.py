@@ -19,17 +19,28 @@ def row(run: Path) -> dict:
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
-    val = {t.split("_sigma_")[1]: events.Scalars(t)[-1].value for t in events.Tags()["scalars"]
-           if t.startswith("val/loss_sigma_")}
-    return {"name": run.parent.name, "summary": summary, "metrics": metrics, "val": val,
-            "val_low": events.Scalars("val/loss_low")[-1].value if "val/loss_low" in events.Tags()["scalars"] else None}
+    val = {
+        t.split("_sigma_")[1]: events.Scalars(t)[-1].value
+        for t in events.Tags()["scalars"]
+        if t.startswith("val/loss_sigma_")
+    }
+    return {
+        "name": run.parent.name,
+        "summary": summary,
+        "metrics": metrics,
+        "val": val,
+        "val_low": events.Scalars("val/loss_low")[-1].value if "val/loss_low" in events.Tags()["scalars"] else None,
+    }
 
 
 def main(root: str = "runs/screen") -> None:
     rows = [row(r) for r in sorted(Path(root).glob("*/version_0")) if (r / "summary.json").exists()]
     ref = next((r["metrics"] for r in rows if r["name"] == "unet_base"), {})
-    print("| row | steps | val loss (sigma<=3) | val loss @10 / @30 / @80 | MSE of D @" + " / @".join(SIGMAS)
-          + " (FIT/U-Net) | chain MSE @10 / @30 | colour / shape / prompt acc. | probe-FVD | train ms/video |")
+    print(
+        "| row | steps | val loss (sigma<=3) | val loss @10 / @30 / @80 | MSE of D @"
+        + " / @".join(SIGMAS)
+        + " (FIT/U-Net) | chain MSE @10 / @30 | colour / shape / prompt acc. | probe-FVD | train ms/video |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m, v = r["metrics"], r["val"]
@@ -42,11 +53,15 @@ def main(root: str = "runs/screen") -> None:
             base = ref.get(f"denoise/mse_sigma_{s}")
             mse.append(f"{value:.3f}" + (f" ({value / base:.1f}x)" if base and r["name"] != "unet_base" else ""))
         chain = " / ".join(f"{m[k]:.3f}" if (k := f"denoise/chain_mse_sigma_{s}") in m else "-" for s in ("10", "30"))
-        acc = " / ".join(f"{m[k]:.2f}" if (k := f"probe/{a}_accuracy") in m else "-" for a in ("color", "shape", "prompt"))
-        print(f"| {r['name']} | {r['summary']['steps']} | {r['val_low']:.3f} | "
-              + " / ".join(f"{v[s]:.3f}" if s in v else "-" for s in ("10", "30", "80"))
-              + f" | {' / '.join(mse)} | {chain} | {acc} | {m.get('probe/fvd', float('nan')):.0f} | "
-              f"{r['summary']['train_ms_per_video']:.0f} |")
+        acc = " / ".join(
+            f"{m[k]:.2f}" if (k := f"probe/{a}_accuracy") in m else "-" for a in ("color", "shape", "prompt")
+        )
+        print(
+            f"| {r['name']} | {r['summary']['steps']} | {r['val_low']:.3f} | "
+            + " / ".join(f"{v[s]:.3f}" if s in v else "-" for s in ("10", "30", "80"))
+            + f" | {' / '.join(mse)} | {chain} | {acc} | {m.get('probe/fvd', float('nan')):.0f} | "
+            f"{r['summary']['train_ms_per_video']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ GIB = 2**30
 MEMORY_KINDS = {  # what the peak-memory columns mean
     "cuda_max_allocated": "CUDA max_memory_allocated of each phase (reset between phases)",
     "cpu_peak_rss_above_imports": "CPU: peak resident set (VmHWM, reset before each phase) of a fresh process per "
-                                  "preset minus its resident set after the imports: weights + that phase's working memory",
+    "preset minus its resident set after the imports: weights + that phase's working memory",
     "cpu_peak_rss_above_imports_cumulative": "CPU: peak resident set (ru_maxrss) of a fresh process per preset minus "
-                                             "its resident set after the imports; it never falls, so each phase's value "
-                                             "includes the phases before it (eval, sample, train)",
+    "its resident set after the imports; it never falls, so each phase's value "
+    "includes the phases before it (eval, sample, train)",
 }
 
 
@@ -54,7 +54,9 @@ class _LiveBytes(TorchDispatchMode):
         return out
 
 
-def activation_bytes(preset: str, batch: int, frames: int, size: tuple[int, int], overrides: dict | None = None) -> dict:
+def activation_bytes(
+    preset: str, batch: int, frames: int, size: tuple[int, int], overrides: dict | None = None
+) -> dict:
     """{"saved": bytes autograd keeps for backward, "live": peak live bytes of a no-grad forward} at fp32,
     measured on the meta device (nothing allocated)."""
     tokens, dim = text_shape(preset)
@@ -76,8 +78,9 @@ def activation_bytes(preset: str, batch: int, frames: int, size: tuple[int, int]
     return {"saved": saved, "live": live.peak}
 
 
-def estimate_memory(preset: str, batch: int, frames: int, size: tuple[int, int], precision: str = "fp32",
-                    overrides: dict | None = None) -> dict[str, float]:
+def estimate_memory(
+    preset: str, batch: int, frames: int, size: tuple[int, int], precision: str = "fp32", overrides: dict | None = None
+) -> dict[str, float]:
     """Bytes each phase needs (rough): fp32 weights, plus for training gradients and two optimiser states (Adam
     and LAMB both keep two moments) and the activations saved for backward; inference keeps the peak of live
     activations (the sampling run at the doubled CFG batch). bf16 halves activations and adds bf16 weight copies."""
@@ -85,9 +88,11 @@ def estimate_memory(preset: str, batch: int, frames: int, size: tuple[int, int],
     act = activation_bytes(preset, 1, frames, size, overrides)
     shrink = 0.5 if precision == "bf16" else 1.0
     casts = 0.5 * weights if precision == "bf16" else 0.0
-    return {"eval": weights + casts + shrink * act["live"] * batch,
-            "sample": weights + casts + shrink * act["live"] * 2 * batch,
-            "train": 4 * weights + casts + shrink * (act["saved"] + act["live"]) * batch}
+    return {
+        "eval": weights + casts + shrink * act["live"] * batch,
+        "sample": weights + casts + shrink * act["live"] * 2 * batch,
+        "train": 4 * weights + casts + shrink * (act["saved"] + act["live"]) * batch,
+    }
 
 
 def available_bytes(device: str) -> int:
@@ -102,16 +107,19 @@ def available_bytes(device: str) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def memory_guard(estimates: dict[str, float], phases: tuple[str, ...], available: float,
-                 fraction: float) -> tuple[tuple[str, ...], list[str]]:
+def memory_guard(
+    estimates: dict[str, float], phases: tuple[str, ...], available: float, fraction: float
+) -> tuple[tuple[str, ...], list[str]]:
     """(phases that fit in ``fraction`` of ``available``, one skip message per phase that does not)."""
     keep, notes = [], []
     for phase in phases:
         if estimates[phase] <= fraction * available:
             keep.append(phase)
         else:
-            notes.append(f"{phase} skipped: needs ~{estimates[phase] / GIB:.1f} GiB, {available / GIB:.1f} GiB "
-                         f"available (limit {fraction:.0%} of it)")
+            notes.append(
+                f"{phase} skipped: needs ~{estimates[phase] / GIB:.1f} GiB, {available / GIB:.1f} GiB "
+                f"available (limit {fraction:.0%} of it)"
+            )
     return tuple(keep), notes
 
 

@@ -21,22 +21,71 @@ PAPER_MODEL_NAMES = {row["preset"]: row["model"] for row in paper.TABLE2}
 PAPER_ROWS = {row["preset"]: row for row in paper.TABLE2}
 
 # (FIT, U-Net, the paper pair whose ratio is printed beside): the small CPU pair stands in for 500M vs 284M
-RATIO_PAIRS = [("fit_500m", "unet_284m", "fit_500m", "unet_284m"), ("fit_small", "unet_small", "fit_500m", "unet_284m"),
-               ("fit_3_9b", "unet_284m", "fit_3_9b", "unet_284m")]
-
-THROUGHPUT_COLUMNS = [
-    "preset", "arch", "params", "batch", "frames", "height", "width", "text_tokens", "precision", "compile",
-    "fwd_gflops_per_video",
-    "train_ms", "train_q1_ms", "train_q3_ms", "eval_ms", "eval_q1_ms", "eval_q3_ms",
-    "sample_steps", "sample_evals", "sample_ms", "sample_q1_ms", "sample_q3_ms",
-    "train_tflops", "train_mfu", "eval_tflops", "eval_mfu", "sample_tflops", "sample_mfu",
-    "peak_mem_eval_gib", "peak_mem_sample_gib", "peak_mem_train_gib", "memory_kind",
-    "est_mem_eval_gib", "est_mem_sample_gib", "est_mem_train_gib",
-    "paper_train_ms", "paper_infer_ms", "notes",
+RATIO_PAIRS = [
+    ("fit_500m", "unet_284m", "fit_500m", "unet_284m"),
+    ("fit_small", "unet_small", "fit_500m", "unet_284m"),
+    ("fit_3_9b", "unet_284m", "fit_3_9b", "unet_284m"),
 ]
 
-SCALING_COLUMNS = ["preset", "arch", "phase", "batch", "frames", "height", "width", "padded_height", "padded_width",
-                   "fwd_gflops_per_video", "ms", "q1_ms", "q3_ms", "peak_mem_gib", "memory_kind", "notes"]
+THROUGHPUT_COLUMNS = [
+    "preset",
+    "arch",
+    "params",
+    "batch",
+    "frames",
+    "height",
+    "width",
+    "text_tokens",
+    "precision",
+    "compile",
+    "fwd_gflops_per_video",
+    "train_ms",
+    "train_q1_ms",
+    "train_q3_ms",
+    "eval_ms",
+    "eval_q1_ms",
+    "eval_q3_ms",
+    "sample_steps",
+    "sample_evals",
+    "sample_ms",
+    "sample_q1_ms",
+    "sample_q3_ms",
+    "train_tflops",
+    "train_mfu",
+    "eval_tflops",
+    "eval_mfu",
+    "sample_tflops",
+    "sample_mfu",
+    "peak_mem_eval_gib",
+    "peak_mem_sample_gib",
+    "peak_mem_train_gib",
+    "memory_kind",
+    "est_mem_eval_gib",
+    "est_mem_sample_gib",
+    "est_mem_train_gib",
+    "paper_train_ms",
+    "paper_infer_ms",
+    "notes",
+]
+
+SCALING_COLUMNS = [
+    "preset",
+    "arch",
+    "phase",
+    "batch",
+    "frames",
+    "height",
+    "width",
+    "padded_height",
+    "padded_width",
+    "fwd_gflops_per_video",
+    "ms",
+    "q1_ms",
+    "q3_ms",
+    "peak_mem_gib",
+    "memory_kind",
+    "notes",
+]
 
 
 def speedups(rows: list[dict]) -> list[dict]:
@@ -47,11 +96,16 @@ def speedups(rows: list[dict]) -> list[dict]:
         if fit not in by_preset or unet not in by_preset:
             continue
         entry = {"fit": fit, "unet": unet, "paper_pair": f"{paper_fit} / {paper_unet}"}
-        for ours, phase, paper_key in (("train", "train", "train_ms"), ("eval", "eval", "infer_ms"), ("sample", "sample", None)):
+        for ours, phase, paper_key in (
+            ("train", "train", "train_ms"),
+            ("eval", "eval", "infer_ms"),
+            ("sample", "sample", None),
+        ):
             a, b = by_preset[fit].get(f"{phase}_ms"), by_preset[unet].get(f"{phase}_ms")
             entry[ours] = b / a if a and b else None
-            entry[f"paper_{ours}"] = (PAPER_ROWS[paper_unet][paper_key] / PAPER_ROWS[paper_fit][paper_key]
-                                      if paper_key else None)
+            entry[f"paper_{ours}"] = (
+                PAPER_ROWS[paper_unet][paper_key] / PAPER_ROWS[paper_fit][paper_key] if paper_key else None
+            )
         out.append(entry)
     return out
 
@@ -67,13 +121,16 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
     """Table 2's layout with the paper's A100 columns beside ours, the header saying how it was measured."""
     batches = ", ".join(f"{r['preset']} {r['batch']}" for r in rows)
     lines = [
-        "# Throughput: paper Table 2's speed columns on this machine", "",
+        "# Throughput: paper Table 2's speed columns on this machine",
+        "",
         f"- Hardware: {info['hardware']}; torch {info['torch']} ({info['threads']}), Python {info['python']}",
     ]
     if "load_average" in info:
-        lines.append(f"- Load average (1/5/15 min) at the start: {info['load_average']}, at the end: "
-                     f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (above the CPU count, other work shared the "
-                     f"CPU while measuring: the timings are noisy)")
+        lines.append(
+            f"- Load average (1/5/15 min) at the start: {info['load_average']}, at the end: "
+            f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (above the CPU count, other work shared the "
+            f"CPU while measuring: the timings are noisy)"
+        )
     lines += [
         f"- Precision: {settings.precision}; torch.compile: {'on' if settings.compile else 'off'}; "
         f"clip {settings.frames} x {settings.size[0]} x {settings.size[1]} (the paper's 36x64 padded to 40x64); "
@@ -88,7 +145,8 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
         f"- MFU: achieved FLOP/s over {peak['label']}. FLOPs from torch's FlopCounterMode; a training step counts "
         "3 forward passes (+1 for FIT's self-conditioning pass).",
         f"- Peak memory, GiB: {MEMORY_KINDS.get(rows[0].get('memory_kind') if rows else None, '-')}.",
-        f"- Command: `{command}`", "",
+        f"- Command: `{command}`",
+        "",
         "| Model | Params | Fwd GFLOPs/video | Train ms/video | Paper train (A100) | Infer ms/video/eval | "
         f"Paper infer (A100) | Sample ms/video ({settings.sample_steps} Heun steps, CFG) | Train TFLOP/s (MFU) | "
         "Eval TFLOP/s (MFU) | Peak mem GiB "
@@ -96,22 +154,36 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
         "|" + "---|" * 12,
     ]
     for r in rows:
-        name = f"{PAPER_MODEL_NAMES[r['preset']]} (`{r['preset']}`)" if r["preset"] in PAPER_MODEL_NAMES else f"`{r['preset']}`"
-        mfu = lambda p: f"{r[f'{p}_tflops']:.3f} ({100 * r[f'{p}_mfu']:.1f}%)" if r.get(f"{p}_tflops") is not None else "-"
+        name = (
+            f"{PAPER_MODEL_NAMES[r['preset']]} (`{r['preset']}`)"
+            if r["preset"] in PAPER_MODEL_NAMES
+            else f"`{r['preset']}`"
+        )
+        mfu = lambda p: (
+            f"{r[f'{p}_tflops']:.3f} ({100 * r[f'{p}_mfu']:.1f}%)" if r.get(f"{p}_tflops") is not None else "-"
+        )
         mem = "/".join(fmt(r.get(f"peak_mem_{p}_gib")) for p in PHASES)
-        lines.append(f"| {name} | {human_count(r['params'])} | {r['fwd_gflops_per_video']:.1f} | "
-                     f"{ms_cell(r, 'train')} | {fmt(r.get('paper_train_ms'), 1)} | {ms_cell(r, 'eval')} | "
-                     f"{fmt(r.get('paper_infer_ms'), 1)} | {ms_cell(r, 'sample')} | {mfu('train')} | {mfu('eval')} | "
-                     f"{mem} | {r['notes'] or ''} |")
+        lines.append(
+            f"| {name} | {human_count(r['params'])} | {r['fwd_gflops_per_video']:.1f} | "
+            f"{ms_cell(r, 'train')} | {fmt(r.get('paper_train_ms'), 1)} | {ms_cell(r, 'eval')} | "
+            f"{fmt(r.get('paper_infer_ms'), 1)} | {ms_cell(r, 'sample')} | {mfu('train')} | {mfu('eval')} | "
+            f"{mem} | {r['notes'] or ''} |"
+        )
     ratios = speedups(rows)
     if ratios:
-        lines += ["", "## FIT over U-Net speed-up (U-Net ms / FIT ms; > 1: FIT faster), measured in this run", "",
-                  "| FIT / U-Net | train | paper train | infer (eval) | paper infer | sample run | paper pair |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## FIT over U-Net speed-up (U-Net ms / FIT ms; > 1: FIT faster), measured in this run",
+            "",
+            "| FIT / U-Net | train | paper train | infer (eval) | paper infer | sample run | paper pair |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for s in ratios:
             x = lambda v: f"{v:.2f}x" if v is not None else "-"
-            lines.append(f"| {s['fit']} / {s['unet']} | {x(s['train'])} | {x(s['paper_train'])} | {x(s['eval'])} | "
-                         f"{x(s['paper_eval'])} | {x(s['sample'])} | {s['paper_pair']} |")
+            lines.append(
+                f"| {s['fit']} / {s['unet']} | {x(s['train'])} | {x(s['paper_train'])} | {x(s['eval'])} | "
+                f"{x(s['paper_eval'])} | {x(s['sample'])} | {s['paper_pair']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -137,11 +209,15 @@ def plot_scaling(rows: list[dict], path: Path, base_size: tuple[int, int], title
             mine = [r for r in rows if r["preset"] == preset and r["phase"] == phase and r["ms"] is not None]
             if not mine:
                 continue
-            by_frames = sorted((r for r in mine if (r["height"], r["width"]) == tuple(base_size)), key=lambda r: r["frames"])
+            by_frames = sorted(
+                (r for r in mine if (r["height"], r["width"]) == tuple(base_size)), key=lambda r: r["frames"]
+            )
             by_size = sorted((r for r in mine if r["frames"] == 16), key=lambda r: r["height"] * r["width"])
             label = f"{preset} {phase}"
-            for col, series, x_of in ((0, by_frames, lambda r: r["frames"]),
-                                      (1, by_size, lambda r: r["padded_height"] * r["padded_width"])):
+            for col, series, x_of in (
+                (0, by_frames, lambda r: r["frames"]),
+                (1, by_size, lambda r: r["padded_height"] * r["padded_width"]),
+            ):
                 xs = [x_of(r) for r in series]
                 axes[0, col].plot(xs, [r["ms"] for r in series], style, color=f"C{color}", label=label)
                 mem = [(x, r["peak_mem_gib"]) for x, r in zip(xs, series) if (r["peak_mem_gib"] or 0) > 0]
@@ -159,7 +235,9 @@ def plot_scaling(rows: list[dict], path: Path, base_size: tuple[int, int], title
             ax.grid(True, which="both", alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=8)
-    sizes = sorted({(r["padded_height"] * r["padded_width"], f"{r['height']}x{r['width']}") for r in rows if r["frames"] == 16})
+    sizes = sorted(
+        {(r["padded_height"] * r["padded_width"], f"{r['height']}x{r['width']}") for r in rows if r["frames"] == 16}
+    )
     for ax in axes[:, 1]:  # label the resolution axis with the nominal sizes
         ax.set_xticks([x for x, _ in sizes], [label for _, label in sizes])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())

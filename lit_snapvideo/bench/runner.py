@@ -20,10 +20,27 @@ from ..models.presets import count_parameters, forward_flops
 from ..models.registry import backbone
 from ..report import fmt
 from .memory import GIB, available_bytes, estimate_memory, memory_guard
-from .render import (PAPER_ROWS, SCALING_COLUMNS, THROUGHPUT_COLUMNS, ms_cell, plot_scaling, speedups,
-                     throughput_markdown, write_csv)
-from .settings import (PHASES, SCALING_FRAMES, SCALING_SIZES, BenchSettings, arch_of, pad_multiple, padded_size,
-                       scaled_overrides, text_shape)
+from .render import (
+    PAPER_ROWS,
+    SCALING_COLUMNS,
+    THROUGHPUT_COLUMNS,
+    ms_cell,
+    plot_scaling,
+    speedups,
+    throughput_markdown,
+    write_csv,
+)
+from .settings import (
+    PHASES,
+    SCALING_FRAMES,
+    SCALING_SIZES,
+    BenchSettings,
+    arch_of,
+    pad_multiple,
+    padded_size,
+    scaled_overrides,
+    text_shape,
+)
 from .timing import matmul_probe_tflops, median_iqr, run_job
 
 
@@ -54,9 +71,15 @@ def hardware_info(settings: BenchSettings) -> dict:
     return info
 
 
-def plan_preset(preset: str, settings: BenchSettings, frames: Optional[int] = None,
-                size: Optional[tuple[int, int]] = None, phases: Optional[tuple[str, ...]] = None,
-                overrides: Optional[dict] = None, available: Optional[float] = None) -> dict:
+def plan_preset(
+    preset: str,
+    settings: BenchSettings,
+    frames: Optional[int] = None,
+    size: Optional[tuple[int, int]] = None,
+    phases: Optional[tuple[str, ...]] = None,
+    overrides: Optional[dict] = None,
+    available: Optional[float] = None,
+) -> dict:
     """A row before measuring: sizes, FLOPs, memory estimates, the memory guard's verdict ("run_phases", "notes")
     and each phase's FLOPs per batch ("work")."""
     device = settings.resolved_device()
@@ -65,11 +88,22 @@ def plan_preset(preset: str, settings: BenchSettings, frames: Optional[int] = No
     b, arch = settings.batch_for(preset), arch_of(preset)
     tokens, dim = text_shape(preset)
     fwd = forward_flops(preset, frames, size, tokens, dim, overrides=overrides)
-    row: dict[str, Any] = {"preset": preset, "arch": arch, "params": count_parameters(preset, dim, overrides),
-                           "batch": b, "frames": frames, "height": size[0], "width": size[1], "text_tokens": tokens,
-                           "precision": settings.precision, "compile": settings.compile,
-                           "sample_steps": settings.sample_steps, "sample_evals": 2 * settings.sample_steps - 1,
-                           "fwd_gflops_per_video": fwd / 1e9, "overrides": overrides}
+    row: dict[str, Any] = {
+        "preset": preset,
+        "arch": arch,
+        "params": count_parameters(preset, dim, overrides),
+        "batch": b,
+        "frames": frames,
+        "height": size[0],
+        "width": size[1],
+        "text_tokens": tokens,
+        "precision": settings.precision,
+        "compile": settings.compile,
+        "sample_steps": settings.sample_steps,
+        "sample_evals": 2 * settings.sample_steps - 1,
+        "fwd_gflops_per_video": fwd / 1e9,
+        "overrides": overrides,
+    }
     if preset in PAPER_ROWS:
         row["paper_train_ms"], row["paper_infer_ms"] = PAPER_ROWS[preset]["train_ms"], PAPER_ROWS[preset]["infer_ms"]
     estimates = estimate_memory(preset, b, frames, size, settings.precision, overrides)
@@ -83,8 +117,13 @@ def plan_preset(preset: str, settings: BenchSettings, frames: Optional[int] = No
     return row
 
 
-def measure_planned(row: dict, settings: BenchSettings, peak_flops: Optional[float],
-                    deadline: Optional[float] = None, floor_rate: Optional[tuple[float, str]] = None) -> dict:
+def measure_planned(
+    row: dict,
+    settings: BenchSettings,
+    peak_flops: Optional[float],
+    deadline: Optional[float] = None,
+    floor_rate: Optional[tuple[float, str]] = None,
+) -> dict:
     """Measure a planned row's phases (each skipped if it cannot finish by ``deadline``, a time.time()); add
     ms/video (median, IQR), TFLOP/s, MFU against ``peak_flops`` and peak memory. ``notes`` becomes one string.
     ``floor_rate`` (FLOP/s, where it comes from): phases that cannot finish even at that rate are skipped before
@@ -96,18 +135,32 @@ def measure_planned(row: dict, settings: BenchSettings, peak_flops: Optional[flo
         for phase in phases:
             floor = row["work"][phase] * (settings.warmup + settings.repeats) / floor_rate[0]
             if floor > left:
-                notes.append(f"{phase} skipped: needs over {floor:.0f} s at {floor_rate[0] / 1e9:.0f} GFLOP/s "
-                             f"({floor_rate[1]}), {max(left, 0):.0f} s of the time budget left")
+                notes.append(
+                    f"{phase} skipped: needs over {floor:.0f} s at {floor_rate[0] / 1e9:.0f} GFLOP/s "
+                    f"({floor_rate[1]}), {max(left, 0):.0f} s of the time budget left"
+                )
             else:
                 kept.append(phase)
                 left -= floor
         phases = tuple(kept)
     if phases:
-        job = dict(preset=row["preset"], overrides=row["overrides"], batch=b, frames=row["frames"],
-                   size=(row["height"], row["width"]), phases=phases, precision=settings.precision,
-                   compile=settings.compile, grad_checkpointing=settings.grad_checkpointing, repeats=settings.repeats,
-                   warmup=settings.warmup, sample_steps=settings.sample_steps, device=settings.resolved_device(),
-                   threads=settings.resolved_threads()[0], deadline=deadline)
+        job = dict(
+            preset=row["preset"],
+            overrides=row["overrides"],
+            batch=b,
+            frames=row["frames"],
+            size=(row["height"], row["width"]),
+            phases=phases,
+            precision=settings.precision,
+            compile=settings.compile,
+            grad_checkpointing=settings.grad_checkpointing,
+            repeats=settings.repeats,
+            warmup=settings.warmup,
+            sample_steps=settings.sample_steps,
+            device=settings.resolved_device(),
+            threads=settings.resolved_threads()[0],
+            deadline=deadline,
+        )
         result = run_job(job, settings.isolate)
         notes += result.get("skipped", []) + ([result["error"]] if "error" in result else [])
         row["memory_kind"] = result.get("memory_kind")
@@ -124,8 +177,9 @@ def measure_planned(row: dict, settings: BenchSettings, peak_flops: Optional[flo
     return row
 
 
-def measure_all(plans: list[dict], settings: BenchSettings, peak_flops: Optional[float],
-                log: Callable[[str], None] = print) -> list[dict]:
+def measure_all(
+    plans: list[dict], settings: BenchSettings, peak_flops: Optional[float], log: Callable[[str], None] = print
+) -> list[dict]:
     """Measure planned rows in order under one time budget (``settings.time_budget_s``)."""
     deadline = None if settings.time_budget_s is None else time.time() + settings.time_budget_s
     # the optimistic rate that decides what cannot finish: the probe's, or a faster one reached in this run
@@ -139,9 +193,12 @@ def measure_all(plans: list[dict], settings: BenchSettings, peak_flops: Optional
         for phase in (p for p in PHASES if row.get(f"{p}_tflops")):
             if floor_rate is None or row[f"{phase}_tflops"] * 1e12 > floor_rate[0]:
                 floor_rate = (row[f"{phase}_tflops"] * 1e12, f"what {row['preset']} {phase} reached")
-        log(f"{row['preset']} {row['frames']}x{row['height']}x{row['width']} b{row['batch']}: "
-            + ", ".join(f"{p} {ms_cell(row, p)}" for p in PHASES) + f" ms/video ({time.perf_counter() - started:.0f} s)"
-            + (f"; {row['notes']}" if row["notes"] else ""))
+        log(
+            f"{row['preset']} {row['frames']}x{row['height']}x{row['width']} b{row['batch']}: "
+            + ", ".join(f"{p} {ms_cell(row, p)}" for p in PHASES)
+            + f" ms/video ({time.perf_counter() - started:.0f} s)"
+            + (f"; {row['notes']}" if row["notes"] else "")
+        )
     return rows
 
 
@@ -153,13 +210,16 @@ def reference_peak(settings: BenchSettings) -> dict:
     torch.set_num_threads(settings.resolved_threads()[0])  # the probe runs here, with the measurement's threads
     tflops = matmul_probe_tflops(device, settings.precision)
     n = 8192 if device == "cuda" else 2048
-    return {"flops": tflops * 1e12,
-            "label": f"a measured {settings.precision} {n}^3 matmul probe (best of 10 calls: {tflops:.3f} TFLOP/s "
-                     f"with these threads; not the datasheet peak)"}
+    return {
+        "flops": tflops * 1e12,
+        "label": f"a measured {settings.precision} {n}^3 matmul probe (best of 10 calls: {tflops:.3f} TFLOP/s "
+        f"with these threads; not the datasheet peak)",
+    }
 
 
-def run_bench(settings: BenchSettings, out: str | Path = "results", command: str = "",
-              log: Callable[[str], None] = print) -> list[dict]:
+def run_bench(
+    settings: BenchSettings, out: str | Path = "results", command: str = "", log: Callable[[str], None] = print
+) -> list[dict]:
     """Measure every preset of ``settings``; write OUT/throughput.csv and OUT/throughput.md; return the rows."""
     out = Path(out)
     info = hardware_info(settings)
@@ -171,16 +231,25 @@ def run_bench(settings: BenchSettings, out: str | Path = "results", command: str
         plan["notes"] += [f"{p} not requested" for p in PHASES if p not in settings.phases_for(plan["preset"])]
     rows = measure_all(plans, settings, peak["flops"], log)
     write_csv(rows, THROUGHPUT_COLUMNS, out / "throughput.csv")
-    (out / "throughput.md").write_text(throughput_markdown(rows, settings, info, peak, command or "lit-snapvideo bench"))
+    (out / "throughput.md").write_text(
+        throughput_markdown(rows, settings, info, peak, command or "lit-snapvideo bench")
+    )
     for s in speedups(rows):
-        log(f"FIT/U-Net speed-up {s['fit']}/{s['unet']}: train {fmt(s['train'])}x (paper {fmt(s['paper_train'])}x), "
-            f"infer {fmt(s['eval'])}x (paper {fmt(s['paper_eval'])}x)")
+        log(
+            f"FIT/U-Net speed-up {s['fit']}/{s['unet']}: train {fmt(s['train'])}x (paper {fmt(s['paper_train'])}x), "
+            f"infer {fmt(s['eval'])}x (paper {fmt(s['paper_eval'])}x)"
+        )
     return rows
 
 
-def run_scaling(settings: BenchSettings, out: str | Path = "results", phases: tuple[str, ...] = ("eval", "train"),
-                frames_list: tuple[int, ...] = SCALING_FRAMES, sizes: tuple[tuple[int, int], ...] = SCALING_SIZES,
-                log: Callable[[str], None] = print) -> list[dict]:
+def run_scaling(
+    settings: BenchSettings,
+    out: str | Path = "results",
+    phases: tuple[str, ...] = ("eval", "train"),
+    frames_list: tuple[int, ...] = SCALING_FRAMES,
+    sizes: tuple[tuple[int, int], ...] = SCALING_SIZES,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """ms/video and peak memory of ``phases`` for each preset against frames (at the first size) and against
     resolution (at 16 frames); writes OUT/scaling.csv and OUT/scaling.png."""
     out = Path(out)
@@ -189,17 +258,46 @@ def run_scaling(settings: BenchSettings, out: str | Path = "results", phases: tu
     shapes = [(f, sizes[0]) for f in frames_list] + [(16, s) for s in sizes if s != sizes[0] or 16 not in frames_list]
     jobs = [(preset, frames, size) for preset in settings.presets for frames, size in shapes]
     multiple = pad_multiple(settings.presets)  # one padded size per shape, the same for every preset
-    plans = [plan_preset(preset, settings, frames, padded_size(size, multiple), phases,
-                         scaled_overrides(preset, frames, padded_size(size, multiple))) for preset, frames, size in jobs]
+    plans = [
+        plan_preset(
+            preset,
+            settings,
+            frames,
+            padded_size(size, multiple),
+            phases,
+            scaled_overrides(preset, frames, padded_size(size, multiple)),
+        )
+        for preset, frames, size in jobs
+    ]
     measured = measure_all(plans, settings, None, log)  # no MFU in the sweep
-    rows = [{"preset": r["preset"], "arch": r["arch"], "phase": phase, "batch": r["batch"], "frames": r["frames"],
-             "height": size[0], "width": size[1], "padded_height": r["height"], "padded_width": r["width"],
-             "fwd_gflops_per_video": r["fwd_gflops_per_video"], "ms": r.get(f"{phase}_ms"),
-             "q1_ms": r.get(f"{phase}_q1_ms"), "q3_ms": r.get(f"{phase}_q3_ms"),
-             "peak_mem_gib": r.get(f"peak_mem_{phase}_gib"), "memory_kind": r.get("memory_kind"), "notes": r["notes"]}
-            for r, (_, _, size) in zip(measured, jobs) for phase in phases]
+    rows = [
+        {
+            "preset": r["preset"],
+            "arch": r["arch"],
+            "phase": phase,
+            "batch": r["batch"],
+            "frames": r["frames"],
+            "height": size[0],
+            "width": size[1],
+            "padded_height": r["height"],
+            "padded_width": r["width"],
+            "fwd_gflops_per_video": r["fwd_gflops_per_video"],
+            "ms": r.get(f"{phase}_ms"),
+            "q1_ms": r.get(f"{phase}_q1_ms"),
+            "q3_ms": r.get(f"{phase}_q3_ms"),
+            "peak_mem_gib": r.get(f"peak_mem_{phase}_gib"),
+            "memory_kind": r.get("memory_kind"),
+            "notes": r["notes"],
+        }
+        for r, (_, _, size) in zip(measured, jobs)
+        for phase in phases
+    ]
     write_csv(rows, SCALING_COLUMNS, out / "scaling.csv")
     batches = ", ".join(f"{p} batch {settings.batch_for(p)}" for p in settings.presets)
-    plot_scaling(rows, out / "scaling.png", sizes[0], f"{batches}, {settings.precision}; {info['hardware']}, "
-                 f"torch {info['torch']} ({info['threads']})")
+    plot_scaling(
+        rows,
+        out / "scaling.png",
+        sizes[0],
+        f"{batches}, {settings.precision}; {info['hardware']}, torch {info['torch']} ({info['threads']})",
+    )
     return rows

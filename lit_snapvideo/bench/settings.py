@@ -84,7 +84,11 @@ class BenchSettings:
         return torch.get_num_threads(), "torch default"
 
     def phases_for(self, preset: str) -> tuple[str, ...]:
-        return tuple(self.paper_phases) if preset in PAPER_PRESETS and self.paper_phases is not None else tuple(self.phases)
+        return (
+            tuple(self.paper_phases)
+            if preset in PAPER_PRESETS and self.paper_phases is not None
+            else tuple(self.phases)
+        )
 
     def batch_for(self, preset: str) -> int:
         return self.batch.get(preset, self.batch_size)

@@ -38,8 +38,14 @@ class OverTimeBudget(Exception):
     """A phase whose repeats would not finish in the time left of the budget."""
 
 
-def time_repeats(fn: Callable[[], Any], device: str, warmup: int, repeats: int, budget_s: Optional[float] = None,
-                 warmup_fn: Optional[Callable[[], Any]] = None) -> list[float]:
+def time_repeats(
+    fn: Callable[[], Any],
+    device: str,
+    warmup: int,
+    repeats: int,
+    budget_s: Optional[float] = None,
+    warmup_fn: Optional[Callable[[], Any]] = None,
+) -> list[float]:
     """Seconds of each of ``repeats`` synchronised calls of ``fn`` after ``warmup`` untimed calls (of ``warmup_fn``
     when given). With ``budget_s``, OverTimeBudget is raised after the first timed call when the remaining repeats
     at that pace would overrun the budget (warm-up included)."""
@@ -58,8 +64,10 @@ def time_repeats(fn: Callable[[], Any], device: str, warmup: int, repeats: int, 
         if len(seconds) == 1 and budget_s is not None:
             needed = time.perf_counter() - started + seconds[0] * (repeats - 1)
             if needed > budget_s:
-                raise OverTimeBudget(f"one call takes ~{seconds[0]:.1f} s, {repeats} repeats need ~{needed:.0f} s, "
-                                     f"over the {budget_s:.0f} s left of the time budget")
+                raise OverTimeBudget(
+                    f"one call takes ~{seconds[0]:.1f} s, {repeats} repeats need ~{needed:.0f} s, "
+                    f"over the {budget_s:.0f} s left of the time budget"
+                )
     return seconds
 
 
@@ -91,11 +99,20 @@ class FixedTextEmbeddings(nn.Module):
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         b = len(captions)
-        return self.emb.expand(b, -1, -1).contiguous(), torch.ones(b, self.max_length, dtype=torch.bool, device=self.emb.device)
+        return self.emb.expand(b, -1, -1).contiguous(), torch.ones(
+            b, self.max_length, dtype=torch.bool, device=self.emb.device
+        )
 
 
-def build_bench_module(preset: str, frames: int, size: tuple[int, int], device: str, overrides: dict | None = None,
-                       compile: bool = False, grad_checkpointing: bool = False):
+def build_bench_module(
+    preset: str,
+    frames: int,
+    size: tuple[int, int],
+    device: str,
+    overrides: dict | None = None,
+    compile: bool = False,
+    grad_checkpointing: bool = False,
+):
     """(module, forward): the training module of ``preset`` (UNetModule / FITModule: loss, self-conditioning,
     paper optimiser, sampler) around a backbone built on ``device``; ``forward`` is the backbone, compiled or not.
     The module is built around a placeholder and then given the backbone, so no EMA copy is made."""
@@ -104,10 +121,21 @@ def build_bench_module(preset: str, frames: int, size: tuple[int, int], device: 
 
     tokens, dim = text_shape(preset)
     # the backbone's overrides go into the config too: its validation builds the backbone at this clip
-    model_overrides = [f"model.overrides.{k}=[{','.join(map(str, v))}]" if isinstance(v, (tuple, list))
-                       else f"model.overrides.{k}={v}" for k, v in (overrides or {}).items()]
-    cfg = load_config(None, [f"model.preset={preset}", f"data.frames={frames}", f"data.size=[{size[0]},{size[1]}]",
-                             f"data.pad_to=[{size[0]},{size[1]}]", f"text.max_length={tokens}", *model_overrides])
+    model_overrides = [
+        f"model.overrides.{k}=[{','.join(map(str, v))}]" if isinstance(v, (tuple, list)) else f"model.overrides.{k}={v}"
+        for k, v in (overrides or {}).items()
+    ]
+    cfg = load_config(
+        None,
+        [
+            f"model.preset={preset}",
+            f"data.frames={frames}",
+            f"data.size=[{size[0]},{size[1]}]",
+            f"data.pad_to=[{size[0]},{size[1]}]",
+            f"text.max_length={tokens}",
+            *model_overrides,
+        ],
+    )
     backbone = build_backbone(preset, dim, overrides, grad_checkpointing=grad_checkpointing, device=device)
     module = module_for(cfg)(cfg, backbone=nn.Identity(), text_encoder=FixedTextEmbeddings(tokens, dim))
     module.backbone = backbone
@@ -129,13 +157,24 @@ def measure_job(job: dict) -> dict:
     device, b = job["device"], job["batch"]
     memory = PeakMemory(device)
     torch.manual_seed(0)
-    module, forward = build_bench_module(job["preset"], job["frames"], tuple(job["size"]), device, job["overrides"],
-                                         job["compile"], job["grad_checkpointing"])
-    autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if job["precision"] == "bf16"
-                else nullcontext())
+    module, forward = build_bench_module(
+        job["preset"],
+        job["frames"],
+        tuple(job["size"]),
+        device,
+        job["overrides"],
+        job["compile"],
+        job["grad_checkpointing"],
+    )
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16) if job["precision"] == "bf16" else nullcontext()
     video = torch.randn(b, 3, job["frames"], *job["size"])
-    batch = {"video": video, "caption": ["a benchmark clip"] * b, "fps": torch.full((b,), 8.0),
-             "orig_size": torch.tensor([[36.0, 64.0]]).expand(b, 2), "is_image": torch.zeros(b, dtype=torch.bool)}
+    batch = {
+        "video": video,
+        "caption": ["a benchmark clip"] * b,
+        "fps": torch.full((b,), 8.0),
+        "orig_size": torch.tensor([[36.0, 64.0]]).expand(b, 2),
+        "is_image": torch.zeros(b, dtype=torch.bool),
+    }
     results: dict[str, Any] = {"memory_kind": memory.kind, "skipped": []}
 
     # eval: one denoiser evaluation; FIT gets the previous evaluation's latents, as in sampling
@@ -147,8 +186,13 @@ def measure_job(job: dict) -> dict:
     @torch.no_grad()
     def evaluate() -> None:
         with autocast:
-            _, state["latents"] = module.edm.denoise(module.conditioned(forward, cond, state["latents"]), x_sigma, sigma,
-                                                     sigma_in=module.cfg.diffusion.sigma_in, return_state=True)
+            _, state["latents"] = module.edm.denoise(
+                module.conditioned(forward, cond, state["latents"]),
+                x_sigma,
+                sigma,
+                sigma_in=module.cfg.diffusion.sigma_in,
+                return_state=True,
+            )
 
     # sample: the training module's own sampler (Heun, CFG with the batch doubled)
     def run_sampler(steps: int) -> None:
@@ -168,8 +212,11 @@ def measure_job(job: dict) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    timed = {"eval": dict(fn=evaluate), "train": dict(fn=train_step),
-             "sample": dict(fn=lambda: run_sampler(job["sample_steps"]), warmup_fn=lambda: run_sampler(1))}
+    timed = {
+        "eval": dict(fn=evaluate),
+        "train": dict(fn=train_step),
+        "sample": dict(fn=lambda: run_sampler(job["sample_steps"]), warmup_fn=lambda: run_sampler(1)),
+    }
     phases = [p for p in PHASES if p in job["phases"]]
     for phase in phases:
         if phase == "train":
@@ -183,8 +230,9 @@ def measure_job(job: dict) -> dict:
         memory.reset()
         started = time.perf_counter()
         try:
-            seconds = time_repeats(device=device, warmup=max(1, job["warmup"]), repeats=job["repeats"],
-                                   budget_s=budget, **timed[phase])
+            seconds = time_repeats(
+                device=device, warmup=max(1, job["warmup"]), repeats=job["repeats"], budget_s=budget, **timed[phase]
+            )
         except OverTimeBudget as err:
             results["skipped"].append(f"{phase} skipped: {err}")
             continue
@@ -205,8 +253,13 @@ def run_job(job: dict, isolate: bool = True) -> dict:
         # past the deadline (plus a grace for writing the result) the child is killed: a compile can outlast it
         timeout = None if job.get("deadline") is None else max(1.0, job["deadline"] - time.time() + 15)
         try:
-            done = subprocess.run([sys.executable, "-m", "lit_snapvideo.bench", str(job_file), str(result_file)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
+            done = subprocess.run(
+                [sys.executable, "-m", "lit_snapvideo.bench", str(job_file), str(result_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             return {"error": f"the measuring process was stopped at the time budget's deadline ({timeout:.0f} s)"}
         if done.returncode == 0 and result_file.is_file():

@@ -33,10 +33,32 @@ from .clipsim import CLIPSim, clipsim
 from .fid import FID
 from .frechet import GaussianStats, feature_stats, frechet_distance, frechet_distance_from_stats
 from .fvd import FVD
-from .probe import Probe, load_or_train_probe, load_probe, probe_fvd, prompt_accuracy, save_probe, temporal_consistency, train_probe
+from .probe import (
+    Probe,
+    load_or_train_probe,
+    load_probe,
+    probe_fvd,
+    prompt_accuracy,
+    save_probe,
+    temporal_consistency,
+    train_probe,
+)
 
 __all__ = [
-    "CLIPSim", "clipsim", "FID", "FVD", "GaussianStats", "feature_stats", "frechet_distance",
-    "frechet_distance_from_stats", "Probe", "load_or_train_probe", "load_probe", "probe_fvd", "prompt_accuracy",
-    "save_probe", "temporal_consistency", "train_probe",
+    "CLIPSim",
+    "clipsim",
+    "FID",
+    "FVD",
+    "GaussianStats",
+    "feature_stats",
+    "frechet_distance",
+    "frechet_distance_from_stats",
+    "Probe",
+    "load_or_train_probe",
+    "load_probe",
+    "probe_fvd",
+    "prompt_accuracy",
+    "save_probe",
+    "temporal_consistency",
+    "train_probe",
 ]

@@ -22,27 +22,37 @@ from open_clip.model import get_model_preprocess_cfg
 class CLIPSim:
     """Frame-text CLIP similarity with a local open_clip checkpoint.
 
-        scorer = CLIPSim("ViT-B-32", "open_clip_vit_b32.bin")
-        scorer(videos, prompts)          # (B,) per-video CLIPSIM; videos (B, 3, T, H, W) in [-1, 1]
+    scorer = CLIPSim("ViT-B-32", "open_clip_vit_b32.bin")
+    scorer(videos, prompts)          # (B,) per-video CLIPSIM; videos (B, 3, T, H, W) in [-1, 1]
     """
 
-    def __init__(self, model_name: str, checkpoint: str | os.PathLike, model_config: str | os.PathLike | None = None,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model_name: str,
+        checkpoint: str | os.PathLike,
+        model_config: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+    ):
         checkpoint = Path(checkpoint)
         if model_config is not None:
             if not Path(model_config).is_file():
                 raise FileNotFoundError(f"{model_config}: open_clip model config (JSON) not found")
             open_clip.add_model_config(model_config)
         if model_name not in open_clip.list_models():
-            raise ValueError(f"CLIPSIM: unknown open_clip model '{model_name}' (pass model_config=<json> for a custom one)")
+            raise ValueError(
+                f"CLIPSIM: unknown open_clip model '{model_name}' (pass model_config=<json> for a custom one)"
+            )
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint}: open_clip checkpoint for '{model_name}' not found")
         try:
-            self.model = open_clip.create_model(model_name, pretrained=str(checkpoint), device=device,
-                                                require_pretrained=True)
+            self.model = open_clip.create_model(
+                model_name, pretrained=str(checkpoint), device=device, require_pretrained=True
+            )
         except Exception as err:
-            raise ValueError(f"{checkpoint}: could not load as open_clip '{model_name}' weights: "
-                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+            raise ValueError(
+                f"{checkpoint}: could not load as open_clip '{model_name}' weights: "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            ) from None
         self.model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         cfg = get_model_preprocess_cfg(self.model)

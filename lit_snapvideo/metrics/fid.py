@@ -33,25 +33,36 @@ class _FrameFeatures(nn.Module):
         try:
             feats = self.detector(frames, **self.detector_kwargs)
         except Exception as err:
-            raise RuntimeError(f"{self.path}: the Inception detector failed on uint8 frames {tuple(frames.shape)} called "
-                               f"with {self.detector_kwargs}: {err}") from None
+            raise RuntimeError(
+                f"{self.path}: the Inception detector failed on uint8 frames {tuple(frames.shape)} called "
+                f"with {self.detector_kwargs}: {err}"
+            ) from None
         if feats.ndim != 2 or feats.shape[0] != frames.shape[0]:
-            raise RuntimeError(f"{self.path}: expected features of shape ({frames.shape[0]}, D), got {tuple(feats.shape)}")
+            raise RuntimeError(
+                f"{self.path}: expected features of shape ({frames.shape[0]}, D), got {tuple(feats.shape)}"
+            )
         return feats
 
 
 class FID:
     """Per-frame FID of generated videos against real videos.
 
-        fid = FID("inception-2015-12-05.pt")
-        fid.update_real(val_loader)                  # videos (N, 3, T, H, W) in [-1, 1], or dict batches
-        fid.score([fake_seed0, fake_seed1])         # {"fid": mean, "fid_std": std, "fid_per_seed": [...], ...}
+    fid = FID("inception-2015-12-05.pt")
+    fid.update_real(val_loader)                  # videos (N, 3, T, H, W) in [-1, 1], or dict batches
+    fid.score([fake_seed0, fake_seed1])         # {"fid": mean, "fid_std": std, "fid_per_seed": [...], ...}
     """
 
-    def __init__(self, detector_path: str | os.PathLike, detector_kwargs: dict | None = None, batch_size: int = 8,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        detector_path: str | os.PathLike,
+        detector_kwargs: dict | None = None,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+    ):
         detector = load_torchscript(detector_path, "the Inception detector (e.g. inception-2015-12-05.pt)", device)
-        features = _FrameFeatures(detector, str(detector_path), dict(INCEPTION_KWARGS if detector_kwargs is None else detector_kwargs))
+        features = _FrameFeatures(
+            detector, str(detector_path), dict(INCEPTION_KWARGS if detector_kwargs is None else detector_kwargs)
+        )
         # torchmetrics probes the network once with a uint8 299x299 image to learn the feature size
         self.metric = FrechetInceptionDistance(feature=features, reset_real_features=False).to(device)
         self.batch_size, self.device = batch_size, device

@@ -50,9 +50,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Squared Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (tensors or arrays, any float dtype).
 
     ``mu*`` are ``(D,)``, ``sigma*`` are ``(D, D)`` symmetric PSD. Returns a Python float (>= 0 up to rounding)."""
-    mu1, mu2, sigma1, sigma2 = (torch.as_tensor(a, dtype=torch.float64, device="cpu") for a in (mu1, mu2, sigma1, sigma2))
+    mu1, mu2, sigma1, sigma2 = (
+        torch.as_tensor(a, dtype=torch.float64, device="cpu") for a in (mu1, mu2, sigma1, sigma2)
+    )
     if mu1.shape != mu2.shape or mu1.ndim != 1:
-        raise ValueError(f"frechet_distance: means must be two (D,) vectors, got {tuple(mu1.shape)} and {tuple(mu2.shape)}")
+        raise ValueError(
+            f"frechet_distance: means must be two (D,) vectors, got {tuple(mu1.shape)} and {tuple(mu2.shape)}"
+        )
     dim = mu1.shape[0]
     for name, s in (("sigma1", sigma1), ("sigma2", sigma2)):
         if s.shape != (dim, dim):

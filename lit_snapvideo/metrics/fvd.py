@@ -39,14 +39,18 @@ def load_torchscript(path: str | os.PathLike, what: str, device: str | torch.dev
     """``torch.jit.load`` with errors that name the file and what was expected (``what``, e.g. "the I3D detector")."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} file not found (expected a TorchScript module saved with torch.jit.save)")
+        raise FileNotFoundError(
+            f"{path}: {what} file not found (expected a TorchScript module saved with torch.jit.save)"
+        )
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated, but the published detectors are TorchScript files
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location=device)
     except Exception as err:  # torch raises RuntimeError/ValueError/pickle errors depending on the file
-        raise ValueError(f"{path}: not a TorchScript module ({what}; expected a file saved with torch.jit.save): "
-                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise ValueError(
+            f"{path}: not a TorchScript module ({what}; expected a file saved with torch.jit.save): "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
     return module.eval()
 
 
@@ -91,8 +95,15 @@ class FVD:
     smaller ``num_videos`` so the metric's name says what was measured).
     """
 
-    def __init__(self, detector_path: str | os.PathLike, cache_dir: str | os.PathLike = ".cache/fvd",
-                 num_videos: int = 2048, frames: int = 16, batch_size: int = 8, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        detector_path: str | os.PathLike,
+        cache_dir: str | os.PathLike = ".cache/fvd",
+        num_videos: int = 2048,
+        frames: int = 16,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+    ):
         self.detector_path = Path(detector_path)
         self.detector = load_torchscript(detector_path, "the I3D detector (stylegan-v's i3d_torchscript.pt)", device)
         self.detector_hash = file_hash(detector_path)
@@ -111,11 +122,14 @@ class FVD:
         try:
             feats = self.detector(clips, **I3D_KWARGS)
         except Exception as err:
-            raise RuntimeError(f"{self.detector_path}: the detector failed on a uint8 batch {tuple(clips.shape)} called "
-                               f"with {I3D_KWARGS} (stylegan-v's I3D signature): {err}") from None
+            raise RuntimeError(
+                f"{self.detector_path}: the detector failed on a uint8 batch {tuple(clips.shape)} called "
+                f"with {I3D_KWARGS} (stylegan-v's I3D signature): {err}"
+            ) from None
         if feats.ndim != 2 or feats.shape[0] != clips.shape[0]:
-            raise RuntimeError(f"{self.detector_path}: expected features of shape ({clips.shape[0]}, D), "
-                               f"got {tuple(feats.shape)}")
+            raise RuntimeError(
+                f"{self.detector_path}: expected features of shape ({clips.shape[0]}, D), got {tuple(feats.shape)}"
+            )
         return feats.double().cpu()
 
     def stats(self, source: VideoSource) -> GaussianStats:
@@ -128,8 +142,10 @@ class FVD:
             if count >= self.num_videos:
                 break
         if count < self.num_videos:
-            raise ValueError(f"{self.name}: needs {self.num_videos} videos, got only {count}; "
-                             f"pass num_videos={count} (the metric is then named fvd{count}_{self.frames}f)")
+            raise ValueError(
+                f"{self.name}: needs {self.num_videos} videos, got only {count}; "
+                f"pass num_videos={count} (the metric is then named fvd{count}_{self.frames}f)"
+            )
         return feature_stats(torch.cat(chunks))
 
     def cache_path(self, key: str) -> Path:
@@ -146,8 +162,18 @@ class FVD:
         stats = self.stats(source)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        torch.save({"mu": stats.mu, "sigma": stats.sigma, "num": stats.num, "key": key, "protocol": self.name,
-                    "detector": str(self.detector_path), "detector_sha256": self.detector_hash}, tmp)
+        torch.save(
+            {
+                "mu": stats.mu,
+                "sigma": stats.sigma,
+                "num": stats.num,
+                "key": key,
+                "protocol": self.name,
+                "detector": str(self.detector_path),
+                "detector_sha256": self.detector_hash,
+            },
+            tmp,
+        )
         os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
         return stats
 
@@ -163,5 +189,9 @@ def summarise(name: str, values: Sequence[float]) -> dict:
         raise ValueError(f"{name}: no generated sets to score")
     t = torch.tensor(values, dtype=torch.float64)
     std = float(t.std()) if len(values) > 1 else 0.0
-    return {name: float(t.mean()), f"{name}_std": std, f"{name}_per_seed": list(map(float, values)),
-            f"{name}_num_seeds": len(values)}
+    return {
+        name: float(t.mean()),
+        f"{name}_std": std,
+        f"{name}_per_seed": list(map(float, values)),
+        f"{name}_num_seeds": len(values),
+    }

@@ -83,10 +83,12 @@ class Probe(nn.Module):
         self.frames, self.size = frames, tuple(size)
         self.config = {"frames": frames, "size": list(size), "width": width, "feature_dim": feature_dim}
         w = width
-        self.motion = nn.Sequential(_block3d(3, w, (1, 2, 2)), _block3d(w, 2 * w, 2), _block3d(2 * w, 3 * w, 2),
-                                    _block3d(3 * w, 4 * w, 2))
-        self.appearance = nn.Sequential(_block2d(3, w, 1), _block2d(w, 2 * w, 2), _block2d(2 * w, 3 * w, 2),
-                                        _block2d(3 * w, 4 * w, 1))
+        self.motion = nn.Sequential(
+            _block3d(3, w, (1, 2, 2)), _block3d(w, 2 * w, 2), _block3d(2 * w, 3 * w, 2), _block3d(3 * w, 4 * w, 2)
+        )
+        self.appearance = nn.Sequential(
+            _block2d(3, w, 1), _block2d(w, 2 * w, 2), _block2d(2 * w, 3 * w, 2), _block2d(3 * w, 4 * w, 1)
+        )
         self.appearance_frames = torch.linspace(0, frames - 1, 4).round().long().unique().tolist()
         self.feature = nn.Sequential(nn.Linear(8 * w, feature_dim), nn.SiLU())
         self.heads = nn.ModuleDict({name: nn.Linear(feature_dim, len(v)) for name, v in ATTRIBUTES.items()})
@@ -99,8 +101,10 @@ class Probe(nn.Module):
             raise ValueError(f"probe: expected videos of shape (B, 3, T, H, W), got {tuple(videos.shape)}")
         h, w = videos.shape[-2:]
         if videos.shape[2] < self.frames or h < self.size[0] or w < self.size[1]:
-            raise ValueError(f"probe: needs at least {self.frames} frames of {self.size[0]}x{self.size[1]}, "
-                             f"got {videos.shape[2]} frames of {h}x{w}")
+            raise ValueError(
+                f"probe: needs at least {self.frames} frames of {self.size[0]}x{self.size[1]}, "
+                f"got {videos.shape[2]} frames of {h}x{w}"
+            )
         return crop_padding(videos[:, :, : self.frames], self.size).float()
 
     def features(self, videos: torch.Tensor) -> torch.Tensor:
@@ -149,8 +153,16 @@ def _one_object(records: Sequence[Record]) -> list[Record]:
 
 
 @torch.no_grad()
-def _decode(records: Sequence[Record], frames: int, size: Sequence[int], fps_choices: Sequence[float], train: bool,
-            skip_dir: Path, num_workers: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _decode(
+    records: Sequence[Record],
+    frames: int,
+    size: Sequence[int],
+    fps_choices: Sequence[float],
+    train: bool,
+    skip_dir: Path,
+    num_workers: int,
+    seed: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Decode every record once (through the data pipeline's ClipDataset, no padding) into uint8 clips
     ``(N, 3, frames, *size)`` plus label tensors ``{attribute: (N,)}``. ``train`` draws a random frame rate
     among ``fps_choices`` and a random start per clip (seeded); otherwise the first fps and frame 0."""
@@ -177,7 +189,9 @@ def data_fingerprint(root: str | os.PathLike, manifest: Optional[str] = None) ->
     train, val = load_records(root, manifest)
     base = Path(root).resolve()
     base = base.parent if base.is_file() else base
-    rows = [(os.path.relpath(r.path, base), r.caption, split) for split, rs in (("train", train), ("val", val)) for r in rs]
+    rows = [
+        (os.path.relpath(r.path, base), r.caption, split) for split, rs in (("train", train), ("val", val)) for r in rs
+    ]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
@@ -206,10 +220,22 @@ def attribute_accuracy(probe: Probe, clips: torch.Tensor, labels: dict[str, torc
     return acc
 
 
-def train_probe(root: str | os.PathLike, manifest: Optional[str] = None, *, frames: int = 16,
-                size: Sequence[int] = (36, 64), fps_choices: Sequence[float] = (6.0, 8.0, 12.0, 24.0),
-                val_fps: float = 8.0, max_train: int = 2000, steps: int = 400, batch_size: int = 32, lr: float = 3e-3,
-                seed: int = 0, num_workers: int = 2, work_dir: str | os.PathLike = ".cache/probe") -> Probe:
+def train_probe(
+    root: str | os.PathLike,
+    manifest: Optional[str] = None,
+    *,
+    frames: int = 16,
+    size: Sequence[int] = (36, 64),
+    fps_choices: Sequence[float] = (6.0, 8.0, 12.0, 24.0),
+    val_fps: float = 8.0,
+    max_train: int = 2000,
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    num_workers: int = 2,
+    work_dir: str | os.PathLike = ".cache/probe",
+) -> Probe:
     """Train a :class:`Probe` on the one-object training clips of the data set at ``root`` (at most
     ``max_train``; each decoded once at a random training frame rate and start; ``steps`` AdamW steps on random
     batches with mirror and time-reversal augmentation) and measure it on the one-object
@@ -220,13 +246,16 @@ def train_probe(root: str | os.PathLike, manifest: Optional[str] = None, *, fram
     train_records, val_records = load_records(root, manifest)
     train_records, val_records = _one_object(train_records), _one_object(val_records)
     if len(train_records) < batch_size or len(val_records) < 2:
-        raise ValueError(f"probe: {root} has {len(train_records)} one-object training and {len(val_records)} validation "
-                         f"clips; needs at least {batch_size} and 2 (is it a moving-shapes data set?)")
+        raise ValueError(
+            f"probe: {root} has {len(train_records)} one-object training and {len(val_records)} validation "
+            f"clips; needs at least {batch_size} and 2 (is it a moving-shapes data set?)"
+        )
     g = torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(train_records), generator=g)[:max_train].tolist()
     skip_dir = Path(work_dir) / "skipped"
-    train_clips, train_labels = _decode([train_records[i] for i in picked], frames, size, fps_choices, True,
-                                        skip_dir, num_workers, seed)
+    train_clips, train_labels = _decode(
+        [train_records[i] for i in picked], frames, size, fps_choices, True, skip_dir, num_workers, seed
+    )
     val_clips, val_labels = _decode(val_records, frames, size, [val_fps], False, skip_dir, num_workers, seed)
     decode_seconds = time.perf_counter() - started
 
@@ -253,10 +282,17 @@ def train_probe(root: str | os.PathLike, manifest: Optional[str] = None, *, fram
     probe.meta = {
         "val_accuracy": attribute_accuracy(probe, val_clips, val_labels),
         "train_accuracy": attribute_accuracy(probe, train_clips[:512], {n: v[:512] for n, v in train_labels.items()}),
-        "train_seconds": time.perf_counter() - started, "decode_seconds": decode_seconds,
-        "num_train": len(train_clips), "num_val": len(val_clips), "steps": steps,
-        "reference": {"mu": reference_stats.mu, "sigma": reference_stats.sigma, "num": reference_stats.num,
-                      "temporal_consistency": temporal_consistency(val_float)},
+        "train_seconds": time.perf_counter() - started,
+        "decode_seconds": decode_seconds,
+        "num_train": len(train_clips),
+        "num_val": len(val_clips),
+        "steps": steps,
+        "reference": {
+            "mu": reference_stats.mu,
+            "sigma": reference_stats.sigma,
+            "num": reference_stats.num,
+            "temporal_consistency": temporal_consistency(val_float),
+        },
     }
     log.info("probe: validation accuracy %s after %.0f s", probe.meta["val_accuracy"], probe.meta["train_seconds"])
     return probe
@@ -266,10 +302,30 @@ def _direction_map(rule: dict[str, str]) -> torch.Tensor:
     return torch.tensor([ATTRIBUTES["direction"].index(rule[d]) for d in ATTRIBUTES["direction"]])
 
 
-_REVERSED = _direction_map({"left": "right", "right": "left", "up": "down", "down": "up", "up-left": "down-right",
-                            "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"})
-_MIRRORED = _direction_map({"left": "right", "right": "left", "up": "up", "down": "down", "up-left": "up-right",
-                            "up-right": "up-left", "down-left": "down-right", "down-right": "down-left"})
+_REVERSED = _direction_map(
+    {
+        "left": "right",
+        "right": "left",
+        "up": "down",
+        "down": "up",
+        "up-left": "down-right",
+        "down-right": "up-left",
+        "up-right": "down-left",
+        "down-left": "up-right",
+    }
+)
+_MIRRORED = _direction_map(
+    {
+        "left": "right",
+        "right": "left",
+        "up": "up",
+        "down": "down",
+        "up-left": "up-right",
+        "up-right": "up-left",
+        "down-left": "down-right",
+        "down-right": "down-left",
+    }
+)
 
 
 def _remap(direction: torch.Tensor, table: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
@@ -294,7 +350,9 @@ def save_probe(probe: Probe, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    torch.save({"version": PROBE_VERSION, "config": probe.config, "state_dict": probe.state_dict(), "meta": probe.meta}, tmp)
+    torch.save(
+        {"version": PROBE_VERSION, "config": probe.config, "state_dict": probe.state_dict(), "meta": probe.meta}, tmp
+    )
     os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
 
 
@@ -312,12 +370,18 @@ def load_probe(path: str | os.PathLike) -> Probe:
     except CheckpointError:
         raise
     except Exception as err:
-        raise ValueError(f"{path}: not a probe checkpoint written by save_probe ({type(err).__name__}: {err})") from None
+        raise ValueError(
+            f"{path}: not a probe checkpoint written by save_probe ({type(err).__name__}: {err})"
+        ) from None
     return probe.eval()
 
 
-def load_or_train_probe(root: str | os.PathLike, manifest: Optional[str] = None,
-                        cache_dir: str | os.PathLike = ".cache/probe", **train_kwargs) -> Probe:
+def load_or_train_probe(
+    root: str | os.PathLike,
+    manifest: Optional[str] = None,
+    cache_dir: str | os.PathLike = ".cache/probe",
+    **train_kwargs,
+) -> Probe:
     """The probe for the data set at ``root``: read from ``cache_dir/<hash>.pt`` when the data set (its
     records) and every training setting match, trained with :func:`train_probe` and cached otherwise."""
     settings = {k: v for k, v in train_kwargs.items() if k != "num_workers"}  # workers do not change the probe
@@ -379,8 +443,15 @@ def temporal_consistency(videos: torch.Tensor) -> float:
 def probe_for(cfg: Any, cache_dir: str = ".cache/probe", **train_kwargs: Any) -> Probe:
     """The (cached) probe for a run's data set (``cfg``: its experiment config), at the run's clip shape and
     validation frame rate."""
-    return load_or_train_probe(cfg.data.root, cfg.data.manifest, cache_dir=cache_dir, frames=cfg.data.frames,
-                               size=list(cfg.data.size), val_fps=cfg.data.val_fps, **train_kwargs)
+    return load_or_train_probe(
+        cfg.data.root,
+        cfg.data.manifest,
+        cache_dir=cache_dir,
+        frames=cfg.data.frames,
+        size=list(cfg.data.size),
+        val_fps=cfg.data.val_fps,
+        **train_kwargs,
+    )
 
 
 def probe_metrics(probe: Probe, videos: torch.Tensor, prompts: Sequence[str]) -> dict:

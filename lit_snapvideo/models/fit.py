@@ -49,8 +49,15 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (LN_EPS, AdaLNModulation, ConditioningEmbedding, TransformerLayer, feed_forward, modulate,
-                     sincos_embedding_3d)
+from .layers import (
+    LN_EPS,
+    AdaLNModulation,
+    ConditioningEmbedding,
+    TransformerLayer,
+    feed_forward,
+    modulate,
+    sincos_embedding_3d,
+)
 
 
 class LatentSelfConditioning(nn.Module):
@@ -99,18 +106,34 @@ class FITBlock(nn.Module):
     (RIN), ``read_first`` (pix2seq's order: read, then cond-read), ``cond_read_zero_init``, ``cross_heads``.
     """
 
-    def __init__(self, patch_dim: int, latent_dim: int, cond_dim: int, global_layers: int, patch_heads: int,
-                 latent_heads: int, mlp_ratio: float, dropout: float, cond_read_ffn: bool, local_layers: int = 0,
-                 patch_conv: bool = False, read_first: bool = False, cond_read_zero_init: bool = False,
-                 cross_heads: int | None = None):
+    def __init__(
+        self,
+        patch_dim: int,
+        latent_dim: int,
+        cond_dim: int,
+        global_layers: int,
+        patch_heads: int,
+        latent_heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        cond_read_ffn: bool,
+        local_layers: int = 0,
+        patch_conv: bool = False,
+        read_first: bool = False,
+        cond_read_zero_init: bool = False,
+        cross_heads: int | None = None,
+    ):
         super().__init__()
         cross_dim = min(patch_dim, latent_dim)
         cross_heads = cross_heads or min(patch_heads, latent_heads)
         layer = dict(mlp_ratio=mlp_ratio, dropout=dropout)
         self.read_first = read_first
-        self.local = nn.ModuleList([TransformerLayer(patch_dim, heads=patch_heads, **layer) for _ in range(local_layers)])
-        self.cond_read = TransformerLayer(latent_dim, cond_dim, latent_dim, latent_heads, ffn=cond_read_ffn,
-                                          zero_init=cond_read_zero_init, **layer)
+        self.local = nn.ModuleList(
+            [TransformerLayer(patch_dim, heads=patch_heads, **layer) for _ in range(local_layers)]
+        )
+        self.cond_read = TransformerLayer(
+            latent_dim, cond_dim, latent_dim, latent_heads, ffn=cond_read_ffn, zero_init=cond_read_zero_init, **layer
+        )
         self.read = TransformerLayer(latent_dim, patch_dim, cross_dim, cross_heads, **layer)
         self.compute = nn.ModuleList(
             [TransformerLayer(latent_dim, heads=latent_heads, **layer) for _ in range(global_layers)]
@@ -211,8 +234,9 @@ class FIT(nn.Module):
             raise ValueError(f"FIT: pos_kind must be 'learned' or 'sincos', got {pos_kind!r}")
         patch_heads, latent_heads = patch_dim // patch_head_dim, latent_dim // latent_head_dim
         if cross_heads is not None and min(patch_dim, latent_dim) % cross_heads:
-            raise ValueError(f"FIT: cross_heads {cross_heads} does not divide the read/write width "
-                             f"{min(patch_dim, latent_dim)}")
+            raise ValueError(
+                f"FIT: cross_heads {cross_heads} does not divide the read/write width {min(patch_dim, latent_dim)}"
+            )
 
         patch_volume = in_channels * math.prod(self.patch_size)
         self.patch_embed = nn.Sequential(nn.Linear(patch_volume, patch_dim), nn.LayerNorm(patch_dim, eps=LN_EPS))
@@ -223,18 +247,35 @@ class FIT(nn.Module):
         if pooled_text and not sigma_modulation:
             raise ValueError("FIT: pooled_text enters through the adaLN modulation; set sigma_modulation too")
         self.cond_embed = ConditioningEmbedding(cond_dim, text_dim, pooled_text=pooled_text)
-        block = dict(local_layers=local_layers, patch_conv=patch_conv, read_first=read_first,
-                     cond_read_zero_init=cond_read_zero_init, cross_heads=cross_heads)
+        block = dict(
+            local_layers=local_layers,
+            patch_conv=patch_conv,
+            read_first=read_first,
+            cond_read_zero_init=cond_read_zero_init,
+            cross_heads=cross_heads,
+        )
         self.blocks = nn.ModuleList(
             [
-                FITBlock(patch_dim, latent_dim, cond_dim, global_layers, patch_heads, latent_heads, mlp_ratio,
-                         dropout, cond_read_ffn, **block)
+                FITBlock(
+                    patch_dim,
+                    latent_dim,
+                    cond_dim,
+                    global_layers,
+                    patch_heads,
+                    latent_heads,
+                    mlp_ratio,
+                    dropout,
+                    cond_read_ffn,
+                    **block,
+                )
                 for _ in range(num_blocks)
             ]
         )
         self.final_local = nn.ModuleList(
-            [TransformerLayer(patch_dim, heads=patch_heads, mlp_ratio=mlp_ratio, dropout=dropout)
-             for _ in range(final_local_layers)]
+            [
+                TransformerLayer(patch_dim, heads=patch_heads, mlp_ratio=mlp_ratio, dropout=dropout)
+                for _ in range(final_local_layers)
+            ]
         )
         # (shift, scale) pairs: the stem norm, the output norm, and per block the write's two norms
         self.modulation = AdaLNModulation(cond_dim, patch_dim, 4 + 4 * num_blocks) if sigma_modulation else None
@@ -247,9 +288,7 @@ class FIT(nn.Module):
         """(T, H, W) pixels -> (patch grid (Tp, Hp, Wp), group grid (nt, nh, nw)); ValueError naming the sizes."""
         size = (t, h, w)
         if any(s % p for s, p in zip(size, self.patch_size)):
-            raise ValueError(
-                f"FIT: input size (T,H,W)={size} is not divisible by patch size {self.patch_size}"
-            )
+            raise ValueError(f"FIT: input size (T,H,W)={size} is not divisible by patch size {self.patch_size}")
         grid = tuple(s // p for s, p in zip(size, self.patch_size))
         if any(g % n for g, n in zip(grid, self.group_size)):
             raise ValueError(
@@ -276,8 +315,9 @@ class FIT(nn.Module):
             table = table + sincos_embedding_3d(grid, table.shape[-1]).to(table)
         return table
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict,
-                self_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict, self_cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"FIT: expected x of shape (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
         batch = x.shape[0]
@@ -287,8 +327,12 @@ class FIT(nn.Module):
         layout = dict(nt=nt, nh=nh, nw=nw, gt=gt, gh=gh, gw=gw)
 
         patches = rearrange(
-            x, "b c (nt gt pt) (nh gh ph) (nw gw pw) -> b (nt nh nw) (gt gh gw) (pt ph pw c)",
-            pt=pt, ph=ph, pw=pw, **layout,
+            x,
+            "b c (nt gt pt) (nh gh ph) (nw gw pw) -> b (nt nh nw) (gt gh gw) (pt ph pw c)",
+            pt=pt,
+            ph=ph,
+            pw=pw,
+            **layout,
         )
         pos = rearrange(self._positional_embedding(grid), f"{GRID} d -> ({GROUPS}) ({GROUP}) d", **layout)
         cond_tokens, cond_mask, cond_vector = self.cond_embed(c_noise, cond)
@@ -310,10 +354,11 @@ class FIT(nn.Module):
         latents = latents + self.self_cond(self_cond)
 
         for i, block in enumerate(self.blocks):
-            block_mod = None if modulation is None else modulation[:, 4 + 4 * i: 8 + 4 * i]
+            block_mod = None if modulation is None else modulation[:, 4 + 4 * i : 8 + 4 * i]
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                patches, latents = checkpoint(block, patches, latents, cond_tokens, cond_mask, layout, block_mod,
-                                              use_reentrant=False)
+                patches, latents = checkpoint(
+                    block, patches, latents, cond_tokens, cond_mask, layout, block_mod, use_reentrant=False
+                )
             else:
                 patches, latents = block(patches, latents, cond_tokens, cond_mask, layout, block_mod)
         for layer in self.final_local:
@@ -324,7 +369,12 @@ class FIT(nn.Module):
             patches = modulate(patches, modulation[:, 2], modulation[:, 3])
         pixels = self.out_proj(patches)
         out = rearrange(
-            pixels, "(b nt nh nw) (gt gh gw) (pt ph pw c) -> b c (nt gt pt) (nh gh ph) (nw gw pw)",
-            b=batch, pt=pt, ph=ph, pw=pw, **layout,
+            pixels,
+            "(b nt nh nw) (gt gh gw) (pt ph pw c) -> b c (nt gt pt) (nh gh ph) (nw gw pw)",
+            b=batch,
+            pt=pt,
+            ph=ph,
+            pw=pw,
+            **layout,
         )
         return out, latents

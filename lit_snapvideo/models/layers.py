@@ -127,8 +127,14 @@ class Attention(nn.Module):
     (B, heads, N, M) (the U-Net's relative temporal position bias). ``zero_init``: output projection starts at 0.
     """
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, inner_dim: int | None = None,
-                 heads: int = 8, zero_init: bool = False):
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        inner_dim: int | None = None,
+        heads: int = 8,
+        zero_init: bool = False,
+    ):
         super().__init__()
         context_dim = context_dim or query_dim
         inner_dim = inner_dim or query_dim
@@ -142,8 +148,9 @@ class Attention(nn.Module):
             nn.init.zeros_(self.to_out.weight)
             nn.init.zeros_(self.to_out.bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         context = x if context is None else context
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
         k, v = rearrange(self.to_kv(context), "b m (two h d) -> two b h m d", two=2, h=self.heads)
@@ -168,8 +175,17 @@ class TransformerLayer(nn.Module):
     ``ffn=False`` drops the FFN (the U-Net's ADM-style attention blocks have none).
     """
 
-    def __init__(self, dim: int, context_dim: int | None = None, inner_dim: int | None = None, heads: int = 8,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, ffn: bool = True, zero_init: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int | None = None,
+        inner_dim: int | None = None,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        ffn: bool = True,
+        zero_init: bool = False,
+    ):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.context_norm = nn.LayerNorm(context_dim, eps=LN_EPS) if context_dim is not None else None
@@ -180,8 +196,13 @@ class TransformerLayer(nn.Module):
             nn.init.zeros_(self.ffn.fc2.weight)
             nn.init.zeros_(self.ffn.fc2.bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, modulation: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        modulation: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``modulation``: optional (B, 4, dim) = (shift, scale) of the attention norm, then of the FFN norm (adaLN)."""
         if context is not None and self.context_norm is not None:
             context = self.context_norm(context)

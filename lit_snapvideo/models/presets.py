@@ -55,11 +55,31 @@ PAPER_TEXT_DIM = paper.T5_TEXT_DIM
 
 # The small CPU pair at the paper's clip (~1.3-1.5 forward GFLOPs per 16x40x64 video each; `make bench`);
 # dropout off, see the module docstring
-_FIT_SMALL = dict(kind="fit", patch_size=(1, 4, 4), group_size=(16, 5, 4), patch_dim=64, latent_dim=128,
-                  num_latents=256, cond_dim=128, num_blocks=2, global_layers=2, patch_head_dim=32,
-                  latent_head_dim=32, dropout=0.0)
-_UNET_SMALL = dict(kind="unet", base_channels=8, channel_mult=(1, 1, 2, 4), num_res_blocks=1,
-                   attention_resolutions=(16, 8), head_channels=8, cond_dim=128, dropout=0.0, norm_groups=4)
+_FIT_SMALL = dict(
+    kind="fit",
+    patch_size=(1, 4, 4),
+    group_size=(16, 5, 4),
+    patch_dim=64,
+    latent_dim=128,
+    num_latents=256,
+    cond_dim=128,
+    num_blocks=2,
+    global_layers=2,
+    patch_head_dim=32,
+    latent_head_dim=32,
+    dropout=0.0,
+)
+_UNET_SMALL = dict(
+    kind="unet",
+    base_channels=8,
+    channel_mult=(1, 1, 2, 4),
+    num_res_blocks=1,
+    attention_resolutions=(16, 8),
+    head_channels=8,
+    cond_dim=128,
+    dropout=0.0,
+    norm_groups=4,
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the paper's four (Tables 7 and 8)
@@ -74,15 +94,42 @@ PRESETS: dict[str, dict[str, Any]] = {
     # pooled text
     # plus two of FIT's small-scale options (models/fit.py): the patch-grid convolution and adaLN sigma modulation
     # of the patch side (results/fit_cpu_screen.md)
-    "fit_mini": {**_FIT_SMALL, "input_size": (8, 24, 40), "group_size": (8, 3, 5), "num_latents": 128,
-                 "patch_conv": True, "sigma_modulation": True},
+    "fit_mini": {
+        **_FIT_SMALL,
+        "input_size": (8, 24, 40),
+        "group_size": (8, 3, 5),
+        "num_latents": 128,
+        "patch_conv": True,
+        "sigma_modulation": True,
+    },
     "unet_mini": {**_UNET_SMALL, "attention_resolutions": (32, 16, 8), "pooled_text": True},
     # unit-test sizes: 8 x 16 x 16 videos
-    "fit_tiny": dict(kind="fit", input_size=(8, 16, 16), patch_size=(1, 4, 4), group_size=(8, 2, 2), patch_dim=32,
-                     latent_dim=64, num_latents=80, cond_dim=32, num_blocks=2, global_layers=1, patch_head_dim=16,
-                     latent_head_dim=16, dropout=0.0),
-    "unet_tiny": dict(kind="unet", base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                      attention_resolutions=(32,), head_channels=8, cond_dim=32, dropout=0.0, norm_groups=4),
+    "fit_tiny": dict(
+        kind="fit",
+        input_size=(8, 16, 16),
+        patch_size=(1, 4, 4),
+        group_size=(8, 2, 2),
+        patch_dim=32,
+        latent_dim=64,
+        num_latents=80,
+        cond_dim=32,
+        num_blocks=2,
+        global_layers=1,
+        patch_head_dim=16,
+        latent_head_dim=16,
+        dropout=0.0,
+    ),
+    "unet_tiny": dict(
+        kind="unet",
+        base_channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(32,),
+        head_channels=8,
+        cond_dim=32,
+        dropout=0.0,
+        norm_groups=4,
+    ),
 }
 
 PAPER_PRESETS = {row["preset"]: row["params"] for row in paper.TABLE2}  # the size each is named after
@@ -105,22 +152,33 @@ def preset_kwargs(preset: str, overrides: dict | None = None) -> tuple[str, dict
     elif preset in BACKBONES:
         kind, kwargs = preset, {}
     else:
-        raise ValueError(f"unknown backbone preset '{preset}'; valid presets: {', '.join(PRESETS)}; or a backbone "
-                         f"kind at its defaults: {', '.join(BACKBONES)}")
+        raise ValueError(
+            f"unknown backbone preset '{preset}'; valid presets: {', '.join(PRESETS)}; or a backbone "
+            f"kind at its defaults: {', '.join(BACKBONES)}"
+        )
     cls = backbone(kind).cls
-    parameters = {name: p for name, p in inspect.signature(cls).parameters.items()
-                  if name not in ("text_dim", "grad_checkpointing") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    parameters = {
+        name: p
+        for name, p in inspect.signature(cls).parameters.items()
+        if name not in ("text_dim", "grad_checkpointing") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(parameters))
     if unknown:
-        raise ValueError(f"model.overrides {unknown} are not {cls.__name__} arguments; "
-                         f"valid: {', '.join(sorted(parameters))}")
+        raise ValueError(
+            f"model.overrides {unknown} are not {cls.__name__} arguments; valid: {', '.join(sorted(parameters))}"
+        )
     defaults = {name: p.default for name, p in parameters.items() if p.default is not p.empty}
     return kind, {**defaults, **kwargs, **overrides}
 
 
-def build_backbone(preset: str, text_dim: int, overrides: dict | None = None, grad_checkpointing: bool = False,
-                   device: torch.device | str | None = None) -> nn.Module:
+def build_backbone(
+    preset: str,
+    text_dim: int,
+    overrides: dict | None = None,
+    grad_checkpointing: bool = False,
+    device: torch.device | str | None = None,
+) -> nn.Module:
     """The backbone named ``preset`` (see PRESETS), taking text embeddings of width ``text_dim``."""
     kind, kwargs = preset_kwargs(preset, overrides)
     with torch.device(device or "cpu"):
@@ -133,10 +191,17 @@ def count_parameters(preset: str | nn.Module, text_dim: int = PAPER_TEXT_DIM, ov
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def example_inputs(batch: int = 1, frames: int = 16, size: tuple[int, int] = (40, 64), text_len: int = 16,
-                   text_dim: int = PAPER_TEXT_DIM, device: torch.device | str | None = None,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def example_inputs(
+    batch: int = 1,
+    frames: int = 16,
+    size: tuple[int, int] = (40, 64),
+    text_len: int = 16,
+    text_dim: int = PAPER_TEXT_DIM,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Random (x (B,3,T,H,W), c_noise (B,), cond) for a backbone; every other sample is a still image."""
+
     def randn(*shape):
         if torch.device(device or "cpu").type == "meta":
             return torch.empty(*shape, device="meta")
@@ -153,8 +218,14 @@ def example_inputs(batch: int = 1, frames: int = 16, size: tuple[int, int] = (40
     return randn(batch, 3, frames, *size), randn(batch), cond
 
 
-def forward_flops(model: str | nn.Module, frames: int = 16, size: tuple[int, int] = (40, 64), text_len: int = 16,
-                  text_dim: int | None = None, overrides: dict | None = None) -> int:
+def forward_flops(
+    model: str | nn.Module,
+    frames: int = 16,
+    size: tuple[int, int] = (40, 64),
+    text_len: int = 16,
+    text_dim: int | None = None,
+    overrides: dict | None = None,
+) -> int:
     """FLOPs of one forward pass per video (batch 1), counted by FlopCounterMode on the meta device.
 
     ``model``: a preset name (``text_dim`` defaults to the paper's 1024) or a module (copied to meta)."""

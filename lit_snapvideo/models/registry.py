@@ -93,19 +93,27 @@ def _unet_tile(arguments: dict) -> Size:
 
 
 BACKBONES: dict[str, Backbone] = {
-    "fit": Backbone(FIT, paper.TABLE9["fit"], self_conditioning=True, text_dim=conditioning_text_dim,
-                    size_multiple=_fit_tile, clip_overrides=_fit_clip),
+    "fit": Backbone(
+        FIT,
+        paper.TABLE9["fit"],
+        self_conditioning=True,
+        text_dim=conditioning_text_dim,
+        size_multiple=_fit_tile,
+        clip_overrides=_fit_clip,
+    ),
     # Table 9's "Adam" with decoupled weight decay: torch's L2 decay zeroed the U-Net's text attention (README)
-    "unet": Backbone(UNet3D, {**paper.TABLE9["unet"], "name": "adamw"}, text_dim=conditioning_text_dim,
-                     size_multiple=_unet_tile),
+    "unet": Backbone(
+        UNet3D, {**paper.TABLE9["unet"], "name": "adamw"}, text_dim=conditioning_text_dim, size_multiple=_unet_tile
+    ),
 }
 
 
 def backbone(kind: str) -> Backbone:
     """The entry of ``kind``; ValueError naming the known kinds."""
     if kind not in BACKBONES:
-        raise ValueError(f"unknown backbone kind '{kind}'; known kinds: {', '.join(BACKBONES)} "
-                         "(lit_snapvideo/models/registry.py)")
+        raise ValueError(
+            f"unknown backbone kind '{kind}'; known kinds: {', '.join(BACKBONES)} (lit_snapvideo/models/registry.py)"
+        )
     return BACKBONES[kind]
 
 

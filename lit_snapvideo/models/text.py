@@ -44,10 +44,14 @@ def _tower_config(name: str) -> tuple[dict, int, bool]:
         return dict(TINY_TEXT_CFG), TINY_TEXT_CFG["width"], False
     model_cfg = open_clip.get_model_config(name)
     if model_cfg is None or "text_cfg" not in model_cfg:
-        raise ValueError(f"text.encoder: unknown open_clip model {name!r} (expected 'tiny' or a name from open_clip.list_models(), e.g. 'ViT-B-32')")
+        raise ValueError(
+            f"text.encoder: unknown open_clip model {name!r} (expected 'tiny' or a name from open_clip.list_models(), e.g. 'ViT-B-32')"
+        )
     text_cfg = dict(model_cfg["text_cfg"])
     if text_cfg.get("hf_model_name"):
-        raise ValueError(f"text.encoder: {name!r} uses a Hugging Face text tower; only open_clip's own TextTransformer towers are supported")
+        raise ValueError(
+            f"text.encoder: {name!r} uses a Hugging Face text tower; only open_clip's own TextTransformer towers are supported"
+        )
     return text_cfg, model_cfg["embed_dim"], bool(model_cfg.get("quick_gelu", False))
 
 
@@ -84,7 +88,9 @@ class TextEncoder(nn.Module):
         else:
             log.warning(
                 "text encoder %r: no text.checkpoint given, using a randomly initialised frozen tower (seed %d); "
-                "captions stay distinguishable but carry no language prior", name, INIT_SEED,
+                "captions stay distinguishable but carry no language prior",
+                name,
+                INIT_SEED,
             )
         self.tower.requires_grad_(False).eval()
         self.tokenizer = open_clip.get_tokenizer(name) if name != "tiny" else open_clip.tokenizer.SimpleTokenizer()
@@ -92,7 +98,9 @@ class TextEncoder(nn.Module):
         if not 1 <= self.max_length <= text_cfg.get("context_length", 77):
             raise ValueError(f"text.max_length must be in [1, {text_cfg.get('context_length', 77)}], got {max_length}")
         self.weights_id = self._weights_hash()
-        self.cache_dir = Path(cache_dir) / f"{name.replace('/', '_')}-{self.weights_id}-L{self.max_length}" if cache_dir else None
+        self.cache_dir = (
+            Path(cache_dir) / f"{name.replace('/', '_')}-{self.weights_id}-L{self.max_length}" if cache_dir else None
+        )
         self._memory: dict[str, torch.Tensor] = {}
         self.cache_hits = self.cache_misses = 0
 

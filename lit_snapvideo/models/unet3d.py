@@ -68,8 +68,9 @@ class ResBlock(nn.Module):
     h (B*T, Cin, H, W), emb (B*T, E) -> (B*T, Cout, H', W'); H' = H/2 for "down", 2H for "up", else H.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, norm_groups: int,
-                 resample: str | None = None):
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, norm_groups: int, resample: str | None = None
+    ):
         super().__init__()
         self.in_norm = nn.Sequential(nn.GroupNorm(norm_groups, in_ch), nn.SiLU())
         self.resample = {None: nn.Identity(), "down": nn.AvgPool2d(2), "up": nn.Upsample(scale_factor=2.0)}[resample]
@@ -182,7 +183,9 @@ class UNet3D(nn.Module):
                 if level != 0 and i == num_res_blocks:
                     layers.append(res(ch, ch, "up"))
                 self.decoder.append(nn.ModuleList(layers))
-        self.out = nn.Sequential(nn.GroupNorm(norm_groups, ch), nn.SiLU(), _zero(nn.Conv2d(ch, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            nn.GroupNorm(norm_groups, ch), nn.SiLU(), _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
+        )
 
     def _run_layers(self, layers: nn.ModuleList, h, *args):
         for layer in layers:
@@ -192,8 +195,9 @@ class UNet3D(nn.Module):
                 h = layer(h, *args)
         return h
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict,
-                self_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, cond: dict, self_cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, None]:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet3D: expected x of shape (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
         batch, _, frames, height, width = x.shape
@@ -205,8 +209,12 @@ class UNet3D(nn.Module):
             )
         tokens, mask, vector = self.cond_embed(c_noise, cond)
         # per-frame copies so every (B*T) row sees its video's conditioning
-        args = (vector.repeat_interleave(frames, 0), tokens.repeat_interleave(frames, 0),
-                mask.repeat_interleave(frames, 0), frames)
+        args = (
+            vector.repeat_interleave(frames, 0),
+            tokens.repeat_interleave(frames, 0),
+            mask.repeat_interleave(frames, 0),
+            frames,
+        )
 
         # channels-last: oneDNN convolutions and GroupNorm run about 2x faster on CPU in this layout
         h = self.input_conv(rearrange(x, "b c t h w -> (b t) c h w").contiguous(memory_format=torch.channels_last))

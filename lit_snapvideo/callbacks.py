@@ -240,7 +240,8 @@ class SkippedFiles(L.Callback):
 
 class SampleQuality(L.Callback):
     """Every ``every_n_steps`` (and at the end): sample ``num_videos`` validation captions (fixed seed, EMA weights)
-    and log the embedded set's probe metrics: ``quality/prompt_accuracy`` and ``quality/probe_fvd`` (comparable
+    and log the embedded set's probe metrics: ``quality/prompt_accuracy``, ``quality/color_accuracy``,
+    ``quality/shape_accuracy`` and ``quality/probe_fvd`` (comparable
     across runs and backbones at equal ``num_videos``; not comparable with published FVD). The probe is trained once
     per data set and cached (``lit-snapvideo probe`` trains it ahead of a run)."""
 
@@ -281,6 +282,8 @@ class SampleQuality(L.Callback):
         metrics = probe_metrics(self.probe, videos, self.prompts)
         values = {
             "quality/prompt_accuracy": metrics["probe/prompt_accuracy"],
+            "quality/color_accuracy": metrics["probe/color_accuracy"],  # the issue-16 bar: colour >= 0.8, shape >= 0.6
+            "quality/shape_accuracy": metrics["probe/shape_accuracy"],
             "quality/probe_fvd": metrics["probe/fvd"],
             "quality/temporal_consistency": metrics["probe/temporal_consistency"],
         }

@@ -197,7 +197,7 @@ def sigma_report(run_dirs: list[str | Path], out: str | Path) -> str:
 CURVE_TAGS = (
     ("train/loss", "train loss (Snap-EDM, F-space)"),
     ("val/loss", "validation loss (fixed sigma grid, EMA)"),
-    ("quality/prompt_accuracy", "prompt accuracy (probe)"),
+    ("quality/color_accuracy", "colour accuracy (probe)"),
     ("perf/ms_per_video", "train ms / video"),
 )
 

@@ -134,6 +134,8 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
         "perf/peak_memory_gib",
         "data/skipped_files",
         "quality/prompt_accuracy",
+        "quality/color_accuracy",
+        "quality/shape_accuracy",
         "quality/probe_fvd",
     ):
         assert tag in scalars, (tag, sorted(scalars))

@@ -85,7 +85,8 @@ def add_gif_summary(
 class SampleVideos(L.Callback):
     """Every ``every_n_steps`` (and at the end of training) sample the fixed prompts with fixed seeds from the EMA
     weights, write ``samples/step_<6-digit step>.gif`` (and ``samples/prompts.txt``) in the run directory and a GIF
-    image summary ``samples/grid`` whose description lists the prompts in grid order."""
+    image summary ``samples/grid`` whose description lists the prompts in grid order. Rank 0 samples and writes;
+    under FSDP every rank samples (each forward pass gathers the sharded weights), rank 0 alone writes."""
 
     def __init__(
         self, every_n_steps: int, prompts: list[str], steps: int, cfg_scale: float, seed: int, out_dir: str | Path
@@ -97,13 +98,17 @@ class SampleVideos(L.Callback):
         self.infer_ms_per_video_per_eval: list[float] = []
 
     def _sample(self, trainer: L.Trainer, module: Any) -> None:
-        if trainer.global_step == self.last_step or not self.prompts or not trainer.is_global_zero:
+        if trainer.global_step == self.last_step or not self.prompts:
+            return
+        if not (trainer.is_global_zero or module.sharded):
             return
         self.last_step = trainer.global_step
         start = time.perf_counter()
         videos = generate_videos(
             module, self.prompts, self.steps, self.cfg_scale, self.seed, batch_size=len(self.prompts)
         )
+        if not trainer.is_global_zero:
+            return
         evals = 2 * self.steps - 1
         self.infer_ms_per_video_per_eval.append(1000 * (time.perf_counter() - start) / (len(self.prompts) * 2 * evals))
         data, size = write_grid(self.out_dir / f"step_{trainer.global_step:06d}.gif", videos, self.prompts)
@@ -243,7 +248,8 @@ class SampleQuality(L.Callback):
     and log the embedded set's probe metrics: ``quality/prompt_accuracy``, ``quality/color_accuracy``,
     ``quality/shape_accuracy`` and ``quality/probe_fvd`` (comparable
     across runs and backbones at equal ``num_videos``; not comparable with published FVD). The probe is trained once
-    per data set and cached (``lit-snapvideo probe`` trains it ahead of a run)."""
+    per data set and cached (``lit-snapvideo probe`` trains it ahead of a run). Rank 0 samples and scores; under
+    FSDP every rank samples (the forward passes need every rank), rank 0 alone scores."""
 
     def __init__(self, every_n_steps: int, num_videos: int, steps: int, cfg_scale: float, seed: int = 0) -> None:
         self.every, self.num_videos, self.steps, self.cfg_scale, self.seed = (
@@ -262,23 +268,27 @@ class SampleQuality(L.Callback):
         from .data.shapes import is_shapes_caption
         from .metrics.probe import probe_for  # lazy: metrics/ loads only when quality is logged
 
-        if not trainer.is_global_zero:  # rank 0 scores (probe_for may train and cache the probe: one writer)
+        if not (trainer.is_global_zero or module.sharded):  # rank 0 samples and scores
             return
         cfg = module.cfg
         train, val = load_records(cfg.data.root, cfg.data.manifest)
         if not all(is_shapes_caption(r.caption) for r in train + val):  # the probe's labels are those captions
-            log.warning("logging.quality_every_n_steps: skipped, %s is not the moving-shapes set", cfg.data.root)
+            if trainer.is_global_zero:
+                log.warning("logging.quality_every_n_steps: skipped, %s is not the moving-shapes set", cfg.data.root)
             return
         self.prompts = validation_prompts(cfg.data.root, cfg.data.manifest, self.num_videos)
-        self.probe = probe_for(cfg)
+        if trainer.is_global_zero:  # probe_for may train and cache the probe: one writer
+            self.probe = probe_for(cfg)
 
     def _score(self, trainer: L.Trainer, module: Any) -> None:
-        if trainer.global_step == self.last_step or self.probe is None:
+        if trainer.global_step == self.last_step or not self.prompts:
             return
         self.last_step = trainer.global_step
         from .metrics.probe import probe_metrics
 
         videos = evaluation_videos(module, self.prompts, self.steps, self.cfg_scale, self.seed, batch_size=8)
+        if self.probe is None:  # another rank under FSDP: it took part in the sampling
+            return
         metrics = probe_metrics(self.probe, videos, self.prompts)
         values = {
             "quality/prompt_accuracy": metrics["probe/prompt_accuracy"],

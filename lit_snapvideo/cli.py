@@ -91,7 +91,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "files you bring: FVD (TorchScript I3D, stylegan-v protocol), per-frame FID (TorchScript Inception), "
         "CLIPSIM (open_clip checkpoint). Writes metrics.json in the run directory.",
     )
-    p.add_argument("checkpoint", help="a .ckpt written by lit-snapvideo fit")
+    p.add_argument("checkpoint", help="a .ckpt written by lit-snapvideo fit (a folder under trainer.strategy=fsdp)")
     p.add_argument("--num-videos", type=int, default=32, help="videos per seed (default 32)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds; metrics report mean and std")
     p.add_argument("--steps", type=int, default=32, help="Heun steps (default 32)")
@@ -294,7 +294,7 @@ def _load_checkpoint(path: str):
 
     from .module import load_module
 
-    if not Path(path).is_file():
+    if not Path(path).exists():  # a file, or the folder of a sharded (trainer.strategy=fsdp) checkpoint
         raise UserError(f"checkpoint {path}: file not found")
     try:
         return load_module(path)

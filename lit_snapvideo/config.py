@@ -138,7 +138,7 @@ class TrainerConfig:
     max_time: Optional[str] = None  # "DD:HH:MM:SS"; set it for the equal-wall-clock comparison
     accelerator: str = "auto"
     devices: Any = "auto"
-    strategy: str = "auto"
+    strategy: str = "auto"  # any Lightning strategy name; "fsdp": sharded (lit_snapvideo/sharding.py)
     num_nodes: int = 1
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU (bf16 is slow on CPU: docs/decisions.md)
     seed: int = 0
@@ -347,6 +347,12 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
         t.checkpoint_every_n_steps,
     )
     check(t.num_nodes >= 1, "trainer.num_nodes", "an integer >= 1", t.num_nodes)
+    check(
+        not (t.strategy == "fsdp" and cfg.model.compile),
+        "model.compile",
+        "false with trainer.strategy=fsdp (torch.compile is applied before FSDP wraps the backbone)",
+        cfg.model.compile,
+    )
     check(
         t.precision in ("auto", "32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "64-true"),
         "trainer.precision",

@@ -17,12 +17,16 @@ depend on the rank or batch it lands in: DDP at per-rank batch B follows one pro
 DDP: the global batch is ``data.batch_size`` x world size (Lightning averages the gradients); the EMA counts the videos
 of all ranks; ``train/loss`` and the validation losses are averaged over ranks; a non-finite loss on any rank skips
 the step on every rank.
+FSDP (``trainer.strategy=fsdp``, sharding.py): the same, with the weights, gradients, optimiser state and the EMA
+sharded over the ranks; the module clips the gradients through FSDP (:meth:`configure_gradient_clipping`), and
+sampling and validation run on every rank (each forward pass gathers the weights), rank 0 alone writing files.
 EMA: EDM-style, half-life counted in videos (``optim.ema_halflife_videos``) with EDM's ramp-up; the EMA backbone is
 a submodule, so checkpoints carry it, and sampling and validation use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -40,6 +44,7 @@ from .models.text import NULL_CAPTION, TextEncoder
 from .safe_load import CheckpointError, load_checkpoint_file
 from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
 from .seeding import mix_seed, seeded_generator
+from .sharding import fsdp_root
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +117,18 @@ class EDMVideoModule(L.LightningModule):
         self.nonfinite_total = 0
         self.unaveraged_videos = 0  # videos of this rank trained on since the last EMA update
         # torch.compile wraps the backbone only, kept outside the module tree so state_dict keys stay clean
-        self.__dict__["_train_forward"] = torch.compile(self.backbone) if cfg.model.compile else self.backbone
+        self.__dict__["_compiled"] = torch.compile(self.backbone) if cfg.model.compile else None
+
+    @property
+    def _train_forward(self) -> Callable:
+        """The backbone as training calls it: compiled (``model.compile``) or not. Under FSDP ``self.backbone`` is
+        the FSDP unit that replaced the built module, and that unit must be called."""
+        return self.__dict__["_compiled"] if self.__dict__["_compiled"] is not None else self.backbone
+
+    @property
+    def sharded(self) -> bool:
+        """Training under FSDP: every forward pass (also sampling) must run on every rank."""
+        return fsdp_root(self) is not None
 
     @property
     def spec(self) -> registry.Backbone:
@@ -243,6 +259,8 @@ class EDMVideoModule(L.LightningModule):
                 "try a lower optim.lr, a longer optim.warmup_steps, optim.grad_clip=1.0, trainer.precision=32-true, "
                 "or check the data"
             )
+        if self.sharded:  # FSDP: the loss's own graph runs every unit's backward and gradient reduce-scatter
+            return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
         return sum(p.sum() for p in self.backbone.parameters() if p.requires_grad) * 0.0
 
     def _log_sigma_buckets(self, per_sample: Tensor, sigma: Tensor, batch_size: int) -> None:
@@ -325,6 +343,44 @@ class EDMVideoModule(L.LightningModule):
         null-caption branch batched; FIT's latents carried from each evaluation to the next, per branch."""
         if not prompts:
             raise ValueError("no prompts given")
+        with self.sharded_inference():
+            return self._generate(
+                prompts,
+                steps,
+                cfg_scale,
+                seed,
+                solver,
+                threshold_percentile,
+                oscillate_low,
+                fps,
+                orig_size,
+                use_ema,
+                callback,
+            )
+
+    def sharded_inference(self) -> contextlib.AbstractContextManager:
+        """Under FSDP with bf16/fp16 compute (weights cast inside each unit), the autocast of the training step, for
+        forward passes outside it (sampling from callbacks); otherwise nothing."""
+        root = fsdp_root(self)
+        compute = getattr(getattr(root, "mixed_precision", None), "param_dtype", None)
+        if compute is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=compute)
+
+    def _generate(
+        self,
+        prompts: list[str],
+        steps: int,
+        cfg_scale: float,
+        seed: int,
+        solver: str,
+        threshold_percentile: Optional[float],
+        oscillate_low: Optional[float],
+        fps: Optional[float],
+        orig_size: Optional[tuple[int, int]],
+        use_ema: bool,
+        callback: Optional[Callable],
+    ) -> Tensor:
         net = self.ema_backbone if use_ema else self.backbone
         was_training = net.training
         net.eval()
@@ -407,11 +463,30 @@ class EDMVideoModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.unaveraged_videos == 0:  # every batch of this step was skipped: the optimiser leaves gradless weights
             optimizer.zero_grad(set_to_none=True)
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+        if self.sharded:  # a rank holds a shard of each gradient: the norm comes from configure_gradient_clipping
+            return
         grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
         if grads:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
             self.log("train/grad_norm", norm)
-        self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: Optional[float] = None,
+        gradient_clip_algorithm: Optional[str] = None,
+    ) -> None:
+        """Lightning's clipping, except under FSDP, whose precision plugin refuses norm clipping: there the root FSDP
+        module clips by the global norm over all shards (``clip_grad_norm_``, a collective: every rank calls it) and
+        that norm is logged as ``train/grad_norm``."""
+        root = fsdp_root(self)
+        if root is None:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"FSDP: gradient_clip_algorithm={gradient_clip_algorithm!r}; only 'norm' is supported")
+        norm = root.clip_grad_norm_(gradient_clip_val or math.inf)  # inf: the norm only, nothing clipped
+        self.log("train/grad_norm", norm.float())
 
     # ---- checkpoints --------------------------------------------------------------------------
 

@@ -3,13 +3,18 @@
     ckpt = load_checkpoint_file("runs/fit/version_0/checkpoints/last.ckpt")   # dict of tensors, numbers, strings
 
 Checkpoints, the probe cache and resume all load through here (every ``torch.load`` is weights-only: a checkpoint is someone else's pickle).
+A sharded checkpoint (``trainer.strategy=fsdp``: a folder of per-rank shards, PyTorch distributed-checkpoint format,
+plus Lightning's ``meta.pt``) loads as the same dict, its shards assembled into whole tensors; its index
+(``.metadata``, a pickle) is read by the same weights-only unpickler, allowing only the index's own classes.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +36,12 @@ def load_checkpoint_file(
 
     Everything ``fit`` writes (tensors, dicts, lists, numbers, strings) is on torch's default allow-list, so no
     extra global is allowed. A file that needs one raises :class:`CheckpointError` naming the file and the global.
-    Unreadable files raise torch's own errors (an UnpicklingError cut to one line)."""
+    Unreadable files raise torch's own errors (an UnpicklingError cut to one line).
+
+    A folder is read as a sharded checkpoint (:func:`load_sharded_checkpoint`); ``mmap`` then reads no tensor data
+    and gives meta tensors of the saved shapes (all a key and shape check needs)."""
+    if Path(path).is_dir():
+        return load_sharded_checkpoint(path, map_location, shapes_only=mmap, hint=hint)
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:  # the weights-only unpickler stopped; torch's message is many lines
@@ -43,3 +53,109 @@ def load_checkpoint_file(
             f"{path}: refused: its pickle calls {found.group(1)}, which weights-only loading "
             f"does not allow (it could run code); {hint}"
         ) from None
+
+
+# Lightning's file of everything in a sharded checkpoint but the weights and optimiser states
+SHARDED_META = "meta.pt"
+
+
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    """A folder as FSDPStrategy(state_dict_type="sharded") writes it: ``meta.pt`` and the ``.metadata`` index."""
+    return (Path(path) / SHARDED_META).is_file() and (Path(path) / ".metadata").is_file()
+
+
+# what the index of a distributed checkpoint (``.metadata``) may name: its own record classes and torch's dtypes
+INDEX_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "MetadataIndex",
+        "ChunkStorageMetadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "TensorProperties",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},  # a layout from its name
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """Python's documented way to restrict a pickle ("Restricting Globals"): it may name only INDEX_CLASSES and
+    torch dtypes, so it can build the index's records and nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import importlib
+
+        allowed = name in INDEX_CLASSES.get(module, ())
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            allowed = True
+        if not allowed:
+            raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
+        return getattr(importlib.import_module(module), name)
+
+
+def _read_index(path: Path, hint: str) -> Any:
+    """The ``.metadata`` pickle of a distributed checkpoint, through :class:`_IndexUnpickler`."""
+    try:
+        return _IndexUnpickler(io.BytesIO((path / ".metadata").read_bytes())).load()
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:
+            raise pickle.UnpicklingError(f"{path}/.metadata: {str(err).strip() or 'not a pickle'}") from None
+        raise CheckpointError(
+            f"{path}: refused: its .metadata pickle calls {found.group(1)}, which lit-snapvideo does not allow "
+            f"(it could run code); {hint}"
+        ) from None
+
+
+def load_sharded_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", shapes_only: bool = False, hint: str = ""
+) -> dict:
+    """A sharded checkpoint folder as one checkpoint dict: ``meta.pt`` (hyperparameters, step, callbacks' states)
+    plus ``state_dict`` of whole tensors assembled from every rank's shard (``model.*`` keys of the folder); the
+    optimiser states are left out (resuming is Lightning's FSDPStrategy's job). ``shapes_only``: meta tensors of the
+    saved shapes, no tensor data read. Every read is weights-only."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    path = Path(path)
+    hint = hint or "lit-snapvideo loads tensors and plain containers only"
+    if not is_sharded_checkpoint(path):
+        raise CheckpointError(f"{path}: a folder, but not a sharded checkpoint (no {SHARDED_META} and .metadata)")
+    meta = load_checkpoint_file(path / SHARDED_META, "cpu", hint=hint)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: {SHARDED_META} does not hold a checkpoint dict")
+    index = _read_index(path, hint)
+    entries = getattr(index, "state_dict_metadata", None)
+    if not isinstance(entries, dict):
+        raise CheckpointError(f"{path}: its .metadata is not a distributed-checkpoint index")
+    model_keys = [k for k in entries if k.startswith("model.")]
+    if shapes_only:
+        state = {
+            k[len("model.") :]: torch.empty(tuple(v.size), dtype=v.properties.dtype, device="meta")
+            for k, v in entries.items()
+            if k in model_keys and isinstance(v, TensorStorageMetadata)
+        }
+        return {**meta, "state_dict": state}
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            return index
+
+    class SafePlanner(_EmptyStateDictLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:  # DCP's own loads these with pickle
+            raise CheckpointError(f"{path}: refused: {read_item.dest_index.fqn} is a pickled object, not a tensor")
+
+    loaded: dict = {}
+    _load_state_dict(loaded, storage_reader=SafeReader(path), planner=SafePlanner(keys=set(model_keys)), no_dist=True)
+    model = loaded.get("model", {})
+    flat = {k[len("model.") :]: v for k, v in loaded.items() if k.startswith("model.")}  # flattened or nested
+    state = {**flat, **model} if isinstance(model, dict) else flat
+    return {**meta, "state_dict": {k: v.to(map_location) for k, v in state.items()}}

@@ -1,7 +1,8 @@
 """``lit-snapvideo fit``: config -> DataModule + module + Trainer -> run directory.
 
 A run directory describes itself: ``runs/<experiment>/<version>/`` holds ``config.yaml`` (merged), the TensorBoard
-events, ``checkpoints/{last,best}.ckpt`` (written atomically by Lightning: temp file, then rename), ``samples/*.gif``
+events, ``checkpoints/{last,best}.ckpt`` (written atomically by Lightning: temp file, then rename; under
+``trainer.strategy=fsdp`` folders of per-rank shards, sharding.py), ``samples/*.gif``
 and, at the end, ``summary.json``. Rerunning the same experiment resumes from ``last.ckpt`` (model, EMA, optimiser,
 scheduler, step, the data stream position and the wall time so far; the per-step random draws are functions of the
 step, so the resumed run repeats the uninterrupted one, also from a step in the middle of an epoch). A ``last.ckpt``
@@ -32,6 +33,7 @@ from .data.datamodule import EDMDataModule
 from .module import EDMVideoModule, module_for, state_dict_mismatch
 from .models.presets import forward_flops
 from .safe_load import CheckpointError, load_checkpoint_file
+from .sharding import STRATEGY as FSDP, fsdp_strategy
 
 log = logging.getLogger("lit_snapvideo")
 # the EMA backbone and the frozen text tower are meant to stay in eval mode during training
@@ -136,14 +138,17 @@ def build_trainer(
         )
     if enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
+    precision = resolve_precision(cfg)
+    # fsdp: Lightning's FSDPStrategy wrapping each backbone block (sharding.py); the module clips the gradients
+    strategy = fsdp_strategy(module, precision, t.accelerator) if t.strategy == FSDP else t.strategy
     kwargs = dict(
         max_steps=t.max_steps,
         max_time=t.max_time,
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=strategy,
         num_nodes=t.num_nodes,
-        precision=resolve_precision(cfg),
+        precision=precision,
         deterministic=t.deterministic,
         val_check_interval=t.val_every_n_steps,
         check_val_every_n_epoch=None,
@@ -158,6 +163,7 @@ def build_trainer(
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs), {
+        "parameters": sum(p.numel() for p in module.backbone.parameters()),  # counted before FSDP shards them
         "throughput": throughput,
         "samples": samples,
         "checkpoint": checkpoint,
@@ -285,7 +291,7 @@ def write_summary(
         "experiment": cfg.logging.experiment,
         "preset": cfg.model.preset,
         "kind": module.kind,
-        "parameters": sum(p.numel() for p in module.backbone.parameters()),
+        "parameters": parts["parameters"],
         "steps": trainer.global_step,
         "max_steps": cfg.trainer.max_steps,
         "max_time": cfg.trainer.max_time,

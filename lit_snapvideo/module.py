@@ -490,6 +490,14 @@ class EDMVideoModule(L.LightningModule):
 
     # ---- checkpoints --------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        if fsdp_root(self) is not None and not getattr(self, "_tower_hook", None):
+            # FSDP saves and restores the state dict itself (distributed checkpoint): leave the frozen text tower
+            # out of it, as on_save_checkpoint does for a checkpoint file. The restore then misses the tower's keys,
+            # so it loads non-strictly; fit's check_resume has checked every other key and shape before.
+            self._tower_hook = self.register_state_dict_post_hook(drop_text_tower)
+            self.strict_loading = False
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(UNSTORED_PREFIX)]:  # the frozen text tower
@@ -520,6 +528,12 @@ class FITModule(EDMVideoModule):
     """Snap Video FIT: LAMB (lr 5e-3, betas 0.9/0.99, wd 0.01) and latent self-conditioning by default."""
 
     kind = "fit"
+
+
+def drop_text_tower(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """State-dict post hook: remove the frozen text tower's keys (see :data:`UNSTORED_PREFIX`)."""
+    for key in [k for k in state_dict if k.startswith(prefix + UNSTORED_PREFIX)]:
+        del state_dict[key]
 
 
 def backbone_kind(cfg: DictConfig) -> str:

@@ -9,8 +9,8 @@
 * The frozen text tower is left out of FSDP (``ignored_modules``): it is small, runs outside any training step
   (captions are cached, samples are drawn from callbacks), and stays whole on every rank.
 * Precision: ``bf16-mixed`` computes in bf16 (parameters cast to bf16 inside each unit, Lightning's bf16 autocast
-  around the step) and keeps the weights, the gradient reduction and the buffers in fp32; the buffers (EMA video
-  count, float64) are never cast. ``32-true``: no casting at all.
+  around the step) and keeps the weights and the gradient reduction in fp32; the buffers (EMA video count,
+  float64) and the batch are never cast. ``32-true``: no casting at all.
 * Activation checkpointing: ``model.grad_checkpointing`` (FIT recomputes each block in backward; under FSDP each
   block is an FSDP unit, so the recomputation gathers its weights again).
 * Checkpoints: sharded (``state_dict_type="sharded"``): ``last.ckpt`` and ``best.ckpt`` are folders with one file
@@ -46,11 +46,19 @@ def wrap_classes(backbone: nn.Module) -> set[type[nn.Module]]:
 
 def mixed_precision(precision: str):
     """FSDP's MixedPrecision for Lightning's precision flag: bf16/fp16 compute for ``*-mixed``, gradients reduced
-    in fp32, buffers never cast (Lightning's own default casts them, and the reduction, to the compute type)."""
+    in fp32, buffers and the batch never cast (Lightning's own default casts the buffers, the reduction and the
+    batch to the compute type)."""
     from torch.distributed.fsdp import MixedPrecision
 
     compute = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return MixedPrecision(param_dtype=compute, reduce_dtype=torch.float32 if compute else None, buffer_dtype=None)
+    return MixedPrecision(
+        param_dtype=compute,
+        reduce_dtype=torch.float32 if compute else None,
+        buffer_dtype=None,
+        # the batch stays as loaded (FSDP would cast the root's inputs, the clips among them, to bf16): the loss
+        # target is fp32 and Lightning's autocast casts what the backbone computes
+        cast_root_forward_inputs=False,
+    )
 
 
 class FSDPStrategyCPU(FSDPStrategy):

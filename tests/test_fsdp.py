@@ -52,6 +52,7 @@ def test_each_fit_block_and_each_backbone_is_a_unit(tmp_path):
 def test_mixed_precision_keeps_reduction_and_buffers_in_fp32():
     bf16 = mixed_precision("bf16-mixed")
     assert (bf16.param_dtype, bf16.reduce_dtype, bf16.buffer_dtype) == (torch.bfloat16, torch.float32, None)
+    assert not bf16.cast_root_forward_inputs  # the clips reach the loss in fp32
     fp32 = mixed_precision("32-true")  # nothing cast: the float64 EMA video count stays float64
     assert (fp32.param_dtype, fp32.reduce_dtype, fp32.buffer_dtype) == (None, None, None)
 

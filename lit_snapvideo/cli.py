@@ -131,6 +131,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
             if not Path(path).is_file():
                 raise UserError(f"--{flag.replace('_', '-')} {path}: file not found")
     module = _load_checkpoint(args.checkpoint)  # clear errors before any work
+    if module.spec.upsampler:
+        raise UserError(f"{args.checkpoint} is an upsampler; its measure is lit-snapvideo upsampler-eval")
     if args.sigma_max is not None:
         if not args.sigma_max > module.cfg.diffusion.sigma_min:
             raise UserError(
@@ -532,7 +534,8 @@ def _run_sweep(args: argparse.Namespace) -> None:
     if blocker is not None:
         raise UserError(f"--out-dir {args.out_dir}: {blocker} is a file, so no folder can be made there")
     for checkpoint in args.checkpoints:  # every checkpoint readable before the first one is sampled
-        _load_checkpoint(checkpoint)
+        if _load_checkpoint(checkpoint).spec.upsampler:
+            raise UserError(f"{checkpoint} is an upsampler: the sweeps sample text-to-video checkpoints")
     try:
         run_sweep(
             args.checkpoints,

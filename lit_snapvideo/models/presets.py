@@ -256,10 +256,18 @@ def example_inputs(
         "fps": fps,
         "orig_size": torch.tensor([[36.0, 64.0]], device=device).expand(batch, 2),
     }
-    if model is not None and backbone(kind_of(model)).upsampler:
+    if model is not None and is_upsampler(model):
         cond["low_res"] = randn(batch, 3, frames, *(max(1, s // model.scale) for s in size))
         cond["aug_sigma"] = torch.full((batch,), 0.1, device=device)
     return randn(batch, 3, frames, *size), randn(batch), cond
+
+
+def is_upsampler(model: nn.Module) -> bool:
+    """Whether ``model`` is of a registered upsampler kind (an unregistered module is not)."""
+    try:
+        return backbone(kind_of(model)).upsampler
+    except ValueError:
+        return False
 
 
 def forward_flops(

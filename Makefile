@@ -66,6 +66,21 @@ compare: $(STAMP) ## results/ablation.md: both runs side by side with the paper'
 tensorboard: $(STAMP) ## serve TensorBoard on runs/ (http://localhost:6006)
 	$(VENV)/bin/tensorboard --logdir runs --port 6006
 
+# ---- the cascade's second stage (issue 21): the FIT upsampler, 8x24x40 -> 8x48x80 on the ablation's data ----
+.PHONY: ablation-upsampler upsampler-eval bench-upsampler bench-upsampler-gpu
+UP_CKPT ?= runs/upsampler/version_0/checkpoints/last.ckpt
+ablation-upsampler: $(SIMPLE) ## train the CPU upsampler (fit_up_mini, x2 of the ablation's clips, ~15 min): runs/upsampler/version_0
+	$(CLI) fit experiments/ablation/upsampler.yaml $(ARGS)
+
+upsampler-eval: $(STAMP) ## PSNR vs the real clips, upsampler against bicubic -> docs/upsampler.png, results/upsampler.{md,json}
+	$(CLI) upsampler-eval $(UP_CKPT) $(ARGS)
+
+bench-upsampler: $(STAMP) ## CPU: upsampler throughput (fit_up_mini at 8x48x80: eval, sample) -> results/upsampler/throughput.{csv,md}
+	$(CLI) bench --presets fit_up_mini --phases eval,sample --sample-steps 4 --out results/upsampler $(ARGS)
+
+bench-upsampler-gpu: $(STAMP) ## GPU: the paper's upsampler at 16x288x512 (147,456 patches), bf16, batch 1 -> results/gpu/upsampler/
+	$(CLI) bench --presets fit_3_9b_upsampler,fit_up_mini --precision bf16 --batch-size 1 --phases eval,sample --paper-phases eval,sample --memory-fraction 0.92 --out results/gpu/upsampler $(ARGS)
+
 # ---- throughput (issue 7: paper Table 2 speed columns, FIT/U-Net ratios, MFU, scaling curves) ----
 .PHONY: bench bench-table bench-paper bench-scaling
 BENCH_BUDGET ?= 540

@@ -103,15 +103,18 @@ class SampleVideos(L.Callback):
         if not (trainer.is_global_zero or module.sharded):
             return
         self.last_step = trainer.global_step
+        prompts, low_res = self.prompts, None
+        if module.spec.upsampler:  # the first validation clips' captions and low-resolution videos
+            prompts, low_res = upsampler_inputs(trainer.datamodule.val_set, len(self.prompts))
         start = time.perf_counter()
         videos = generate_videos(
-            module, self.prompts, self.steps, self.cfg_scale, self.seed, batch_size=len(self.prompts)
+            module, prompts, self.steps, self.cfg_scale, self.seed, batch_size=len(prompts), low_res=low_res
         )
         if not trainer.is_global_zero:
             return
         evals = 2 * self.steps - 1
-        self.infer_ms_per_video_per_eval.append(1000 * (time.perf_counter() - start) / (len(self.prompts) * 2 * evals))
-        data, size = write_grid(self.out_dir / f"step_{trainer.global_step:06d}.gif", videos, self.prompts)
+        self.infer_ms_per_video_per_eval.append(1000 * (time.perf_counter() - start) / (len(prompts) * 2 * evals))
+        data, size = write_grid(self.out_dir / f"step_{trainer.global_step:06d}.gif", videos, prompts)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 add_gif_summary(
@@ -120,7 +123,7 @@ class SampleVideos(L.Callback):
                     data,
                     size,
                     trainer.global_step,
-                    description=grid_legend(self.prompts),
+                    description=grid_legend(prompts),
                 )
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -129,6 +132,13 @@ class SampleVideos(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         self._sample(trainer, module)
+
+
+def upsampler_inputs(dataset: Any, n: int) -> tuple[list[str], torch.Tensor]:
+    """(captions, low_res (n', 3, T, h, w)) of the first ``n`` clips of a data set that serves low-res videos
+    (n' = min(n, its size)): an upsampler's fixed inputs for its training samples."""
+    examples = [dataset[i] for i in range(min(n, len(dataset)))]
+    return [e["caption"] for e in examples], torch.stack([e["low_res"] for e in examples])
 
 
 # ---- throughput -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import sys
 from typing import Callable
 
 from .cli_data import add_config, add_data
-from .cli_measure import add_bench, add_gpu_check
+from .cli_measure import add_bench, add_gpu_check, add_upsampler_eval
 from .errors import UserError, one_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub (no network, ~50 s stalls)
@@ -131,6 +131,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
             if not Path(path).is_file():
                 raise UserError(f"--{flag.replace('_', '-')} {path}: file not found")
     module = _load_checkpoint(args.checkpoint)  # clear errors before any work
+    if module.spec.upsampler:
+        raise UserError(f"{args.checkpoint} is an upsampler; its measure is lit-snapvideo upsampler-eval")
     if args.sigma_max is not None:
         if not args.sigma_max > module.cfg.diffusion.sigma_min:
             raise UserError(
@@ -265,6 +267,22 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts per sampler batch")
     p.add_argument("--fps", type=float, default=None, help="frame-rate conditioning (default: the run's val fps)")
     p.add_argument("--raw-weights", action="store_true", help="use the live weights instead of the EMA")
+    p.add_argument(
+        "--upsampler",
+        metavar="UP_CKPT",
+        help="the cascade: upsample the samples with this upsampler checkpoint; writes NNN.mp4 + grid.gif at its "
+        "resolution and NNN_lowres.mp4 + grid_lowres.gif (stage 1)",
+    )
+    p.add_argument(
+        "--aug-sigma",
+        type=float,
+        default=None,
+        help="noise level added to stage 1's output before upsampling (default: the upsampler's upsampler.aug_sigma)",
+    )
+    p.add_argument("--upsampler-steps", type=int, default=40, help="the upsampler's Heun steps (paper: 40)")
+    p.add_argument(
+        "--upsampler-cfg", type=float, default=1.0, help="the upsampler's guidance weight (default 1: no guidance)"
+    )
     p.set_defaults(run=_run_sample)
 
 
@@ -321,6 +339,15 @@ def _check_sample_options(args: argparse.Namespace, prompts: list[str]) -> None:
     for flag, value in (("--cfg", args.cfg), ("--oscillate-low", args.oscillate_low)):
         if value is not None and not math.isfinite(value):
             raise UserError(f"{flag} {value}: expected a finite guidance weight")
+    if args.upsampler is not None:
+        if args.upsampler_steps < 1:
+            raise UserError(f"--upsampler-steps must be >= 1 (got {args.upsampler_steps})")
+        if args.aug_sigma is not None and not (args.aug_sigma >= 0 and math.isfinite(args.aug_sigma)):
+            raise UserError(f"--aug-sigma {args.aug_sigma}: expected a noise level >= 0")
+        if not math.isfinite(args.upsampler_cfg):
+            raise UserError(f"--upsampler-cfg {args.upsampler_cfg}: expected a finite guidance weight")
+    elif args.aug_sigma is not None:
+        raise UserError("--aug-sigma is the upsampler's setting: give --upsampler UP_CKPT too")
     out = Path(args.out)
     if out.suffix == ".mp4" and len(prompts) > 1:
         raise UserError(f"--out {out} is one .mp4 file but {len(prompts)} prompts were given; pass a folder")
@@ -339,12 +366,25 @@ def _run_sample(args: argparse.Namespace) -> None:
     prompts = _read_prompts(args)
     _check_sample_options(args, prompts)  # before the checkpoint loads: clear errors first
     module = _load_checkpoint(args.checkpoint)
+    upsampler = _load_checkpoint(args.upsampler) if args.upsampler else None
+    if module.spec.upsampler:
+        raise UserError(
+            f"{args.checkpoint} is an upsampler; sample a stage-1 checkpoint with --upsampler {args.checkpoint}"
+        )
+    if upsampler is not None:
+        from .cascade import check_cascade
+
+        try:
+            check_cascade(module, upsampler)
+        except ValueError as err:
+            raise UserError(f"--upsampler {args.upsampler}: {err}") from None
     out = Path(args.out)
     single = out.suffix == ".mp4"
     folder = out.parent if single else out
     folder.mkdir(parents=True, exist_ok=True)
     fps = args.fps if args.fps is not None else module.cfg.logging.sample_fps or module.cfg.data.val_fps
-    bar = tqdm(total=len(prompts) * args.steps, desc="sampling", unit="step")
+    steps = args.steps + (args.upsampler_steps if upsampler is not None else 0)
+    bar = tqdm(total=len(prompts) * steps, desc="sampling", unit="step")
     videos = generate_videos(
         module,
         prompts,
@@ -359,11 +399,37 @@ def _run_sample(args: argparse.Namespace) -> None:
         fps=args.fps,
         use_ema=not args.raw_weights,
     )
+    written = []
+    if upsampler is not None:  # the cascade: stage 1's videos go beside the upsampled ones, named *_lowres
+        low_paths = (
+            [out.with_name(f"{out.stem}_lowres.mp4")]
+            if single
+            else [folder / f"{i:03d}_lowres.mp4" for i in range(len(prompts))]
+        )
+        write_videos(videos, low_paths, fps)
+        write_grid(folder / "grid_lowres.gif", videos, prompts, fps=min(float(fps), 30.0))
+        written = [*low_paths, folder / "grid_lowres.gif"]
+        videos = generate_videos(
+            upsampler,
+            prompts,
+            args.upsampler_steps,
+            args.upsampler_cfg,
+            args.seed,
+            args.batch_size,
+            progress=bar.update,
+            low_res=videos,
+            aug_sigma=args.aug_sigma,
+            fps=args.fps,
+            use_ema=not args.raw_weights,
+        )
     bar.close()
     paths = [out] if single else [folder / f"{i:03d}.mp4" for i in range(len(prompts))]
     write_videos(videos, paths, fps)
     write_grid(folder / "grid.gif", videos, prompts, fps=min(float(fps), 30.0))
-    print(f"wrote {len(paths)} video(s) and {folder / 'grid.gif'}")
+    print(
+        f"wrote {len(paths)} video(s) and {folder / 'grid.gif'}"
+        + (f" (and stage 1's: {len(written)} files *_lowres)" if written else "")
+    )
 
 
 # ---- models -------------------------------------------------------------------------------------
@@ -468,7 +534,8 @@ def _run_sweep(args: argparse.Namespace) -> None:
     if blocker is not None:
         raise UserError(f"--out-dir {args.out_dir}: {blocker} is a file, so no folder can be made there")
     for checkpoint in args.checkpoints:  # every checkpoint readable before the first one is sampled
-        _load_checkpoint(checkpoint)
+        if _load_checkpoint(checkpoint).spec.upsampler:
+            raise UserError(f"{checkpoint} is an upsampler: the sweeps sample text-to-video checkpoints")
     try:
         run_sweep(
             args.checkpoints,
@@ -504,6 +571,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_bench,
     _add_sweep,
     add_gpu_check,
+    add_upsampler_eval,
 ]
 
 

@@ -1,6 +1,6 @@
 """The measuring subcommands of ``lit-snapvideo``: ``bench`` (the throughput table of Table 2's speed columns, or
-the scaling sweep; :mod:`lit_snapvideo.bench`) and ``gpu-check`` (every GPU measurement in one call under one time
-budget; :mod:`lit_snapvideo.gpu_check`).
+the scaling sweep; :mod:`lit_snapvideo.bench`), ``gpu-check`` (every GPU measurement in one call under one time
+budget; :mod:`lit_snapvideo.gpu_check`) and ``upsampler-eval`` (the upsampler against bicubic; :mod:`.cascade`).
 
 As in :mod:`lit_snapvideo.cli`, each subcommand is a pair: ``add_<name>(subparsers)`` declares its arguments (the
 CLI lists it) and ``_run_<name>(args)`` does the work, importing heavy modules lazily so ``--help`` stays fast.
@@ -201,3 +201,62 @@ def _run_gpu_check(args: argparse.Namespace) -> None:
     print(f"wrote {out}/gpu_check.md" + (f"; failed stage(s): {', '.join(failed)}" if failed else ""))
     if failed:
         sys.exit(1)
+
+
+# ---- upsampler-eval -------------------------------------------------------------------------------
+
+
+def add_upsampler_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "upsampler-eval",
+        help="the upsampler against bicubic upsampling: PSNR vs the real clips, and a comparison PNG",
+        description="Upsample the low-resolution versions of the run's validation videos (the data set's own "
+        "downsampling) with the upsampler checkpoint at each --aug-sigma, and bicubically; print the PSNR of each "
+        "against the real high-resolution clips; write a PNG (rows: videos x first/last frame; columns: low-res "
+        "input | bicubic | upsampler | real) and the table as markdown and JSON.",
+    )
+    p.add_argument(
+        "checkpoint", help="an upsampler checkpoint (e.g. runs/upsampler_cpu/version_0/checkpoints/last.ckpt)"
+    )
+    p.add_argument("--num-videos", type=int, default=16, help="validation videos (default 16)")
+    p.add_argument("--steps", type=int, default=40, help="Heun steps (default 40, the paper's second stage)")
+    p.add_argument("--cfg", type=float, default=1.0, help="guidance weight (default 1: no guidance)")
+    p.add_argument(
+        "--aug-sigma", type=float, nargs="+", default=None, help="noise levels of the input (default: 0 and the run's)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--png", default="docs/upsampler.png", help="the comparison picture (default docs/upsampler.png)")
+    p.add_argument(
+        "--out", default="results/upsampler.md", help="the table (default results/upsampler.md; .json beside)"
+    )
+    p.set_defaults(run=_run_upsampler_eval)
+
+
+def _run_upsampler_eval(args: argparse.Namespace) -> None:
+    import json
+    import math
+    from pathlib import Path
+
+    from .cascade import compare_with_bicubic, comparison_png, summary_markdown
+    from .cli import _load_checkpoint
+
+    if args.num_videos < 1 or args.steps < 1 or args.batch_size < 1:
+        raise UserError("--num-videos, --steps and --batch-size must be >= 1")
+    if args.aug_sigma is not None and not all(a >= 0 and math.isfinite(a) for a in args.aug_sigma):
+        raise UserError(f"--aug-sigma {args.aug_sigma}: expected noise levels >= 0")
+    module = _load_checkpoint(args.checkpoint)
+    if not module.spec.upsampler:
+        raise UserError(f"{args.checkpoint}: model.preset={module.cfg.model.preset} is not an upsampler")
+    levels = args.aug_sigma or sorted({0.0, float(module.cfg.upsampler.aug_sigma)})
+    result = compare_with_bicubic(module, args.num_videos, args.steps, args.cfg, levels, args.seed, args.batch_size)
+    png = comparison_png(args.png, result.pop("videos"))
+    command = "lit-snapvideo " + " ".join(sys.argv[1:])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(summary_markdown(result, args.checkpoint, command) + f"\nPicture: `{png}`\n")
+    out.with_suffix(".json").write_text(json.dumps({"checkpoint": args.checkpoint, **result}, indent=2) + "\n")
+    print(f"bicubic: {result['bicubic_psnr']:.2f} dB")
+    for level, value in result["upsampler_psnr"].items():
+        print(f"upsampler (aug_sigma {level:g}): {value:.2f} dB")
+    print(f"wrote {png}, {out} and {out.with_suffix('.json')}")

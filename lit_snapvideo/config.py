@@ -53,6 +53,9 @@ class ModelConfig:
     overrides: Dict[str, Any] = field(default_factory=dict)  # constructor kwargs replacing the preset's
     grad_checkpointing: bool = False  # recompute each block in backward (memory for time)
     compile: bool = False  # torch.compile the backbone only (never the LightningModule)
+    # a stage-1 FIT checkpoint a fresh run starts from (models/upsampler.py: init_from_stage1; the report goes to
+    # the log and init_report.json in the run directory); a resumed run ignores it
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -90,10 +93,23 @@ class DataConfig:
     val_batch_size: int = 8
     num_workers: int = 2
     limit_val_clips: int = 64  # validation clips used for the fixed-sigma validation loss
+    # an upsampler's input: each clip also comes at this (H, W), resized from the same decoded frames (batch
+    # "low_res"); must be data.size / the upsampler's scale (the stage-1 clip size; null: no low-res video)
+    low_res_size: Optional[List[int]] = None
     # the embedded moving-shapes set (generated when root is data/shapes or data/shapes_simple and missing)
     n_train: int = 4000
     n_val: int = 256
     seed: int = 0
+
+
+@dataclass
+class UpsamplerConfig:
+    """Noise conditioning augmentation of an upsampler's low-resolution input (paper §3.3; Imagen): in training each
+    example's low-res video gets Gaussian noise of a level drawn uniformly from [0, aug_sigma_max] (data space,
+    [-1, 1] pixels), and that level is a conditioning token; validation and sampling use ``aug_sigma``."""
+
+    aug_sigma_max: float = 0.5
+    aug_sigma: float = 0.1  # the level at sampling time and in the validation loss (`sample --aug-sigma` overrides)
 
 
 @dataclass
@@ -187,6 +203,7 @@ class ExperimentConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -394,11 +411,16 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
     check(0 <= txt.label_dropout <= 1, "text.label_dropout", "a probability in [0, 1]", txt.label_dropout)
     check(txt.max_length >= 1, "text.max_length", "an integer >= 1", txt.max_length)
     check(cfg.logging.sample_steps >= 1, "logging.sample_steps", "an integer >= 1", cfg.logging.sample_steps)
+    up = cfg.upsampler
+    check(up.aug_sigma_max >= 0, "upsampler.aug_sigma_max", "a noise level >= 0", up.aug_sigma_max)
+    check(up.aug_sigma >= 0, "upsampler.aug_sigma", "a noise level >= 0", up.aug_sigma)
+    if cfg.model.init_from is not None:
+        check(Path(cfg.model.init_from).is_file(), "model.init_from", "a stage-1 checkpoint file", cfg.model.init_from)
     for key in ("logging.root", "text.cache_dir"):
         folder = OmegaConf.select(cfg, key)
         blocker = file_in_the_way(folder)
         check(blocker is None, key, f"a folder; {blocker} is a file", folder)
-    problem = backbone_problem(
+    problem = upsampler_problem(cfg) or backbone_problem(
         cfg.model.preset,
         json.dumps(OmegaConf.to_container(cfg.model.overrides, resolve=True), sort_keys=True),
         cfg.data.frames,
@@ -409,6 +431,37 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
         keys = (named[1],) if named else ("model.preset", "model.overrides", "data.frames", "data.pad_to")
         where = _blame(source, overrides, *keys)
         raise ConfigError(f"{where}: {problem}")
+
+
+def upsampler_problem(cfg: DictConfig) -> Optional[str]:
+    """Why the clip sizes do not fit the backbone's low-resolution input (an upsampler's ``scale``), or None: an
+    upsampler needs data.size == data.pad_to == scale x data.low_res_size; other backbones take no low-res video."""
+    from .models.presets import preset_kwargs
+    from .models.registry import backbone
+
+    try:
+        kind, arguments = preset_kwargs(cfg.model.preset, OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    except ValueError:
+        return None  # backbone_problem names it
+    d, low = cfg.data, cfg.data.low_res_size
+    if not backbone(kind).upsampler:
+        if low is not None:
+            return f"bad value for 'data.low_res_size': {list(low)} (expected null: model.preset={cfg.model.preset} is not an upsampler)"
+        return None
+    scale = arguments["scale"]
+    expected = [s // scale for s in d.size]
+    if list(d.size) != list(d.pad_to) or any(s % scale for s in d.size) or low is None or list(low) != expected:
+        return (
+            f"bad value for 'data.low_res_size': {None if low is None else list(low)} (model.preset={cfg.model.preset} "
+            f"upsamples x{scale}: expected data.low_res_size = data.size / {scale} = {expected}, with data.size "
+            f"{list(d.size)} divisible by {scale} and data.pad_to equal to it, got {list(d.pad_to)})"
+        )
+    if cfg.logging.quality_every_n_steps > 0:
+        return (
+            "bad value for 'logging.quality_every_n_steps': the probe metrics score text-to-video samples; "
+            "set 0 for an upsampler (its measure: lit-snapvideo upsampler-eval)"
+        )
+    return None
 
 
 def file_in_the_way(folder: str | os.PathLike) -> Optional[Path]:
@@ -434,7 +487,7 @@ def backbone_problem(preset: str, overrides_json: str, frames: int, height: int,
     except (TypeError, ValueError) as err:
         key = "model.overrides" if preset in PRESETS or preset in BACKBONES else "model.preset"
         return f"bad value for '{key}': {str(err).splitlines()[0]}"
-    x, c_noise, cond = example_inputs(1, frames, (height, width), text_len=1, text_dim=8, device="meta")
+    x, c_noise, cond = example_inputs(1, frames, (height, width), text_len=1, text_dim=8, device="meta", model=model)
     try:
         with torch.no_grad():
             model(x, c_noise, cond)

@@ -50,17 +50,23 @@ def generate_videos(
     seed: int,
     batch_size: int = 8,
     progress: Optional[Callable[[int], Any]] = None,
+    low_res: Optional[Tensor] = None,
     **sampler: Any,
 ) -> Tensor:
     """(N, 3, T, h, w) samples in [-1, 1] on the CPU, the padding cropped to ``data.size``.
 
     ``batch_size`` prompts per sampler call; the call from prompt ``i`` on samples with seed ``seed + i``.
-    ``progress(k)`` after each sampler step of a call with ``k`` prompts. ``sampler``: the other arguments of
-    ``module.generate`` (solver, threshold_percentile, oscillate_low, fps, use_ema)."""
+    ``progress(k)`` after each sampler step of a call with ``k`` prompts. ``low_res``: an upsampler's input videos
+    (N, 3, T, *data.low_res_size), one per prompt (e.g. stage 1's samples: the cascade). ``sampler``: the other
+    arguments of ``module.generate`` (solver, threshold_percentile, oscillate_low, fps, use_ema, aug_sigma)."""
+    if low_res is not None and len(low_res) != len(prompts):
+        raise ValueError(f"{len(low_res)} low-resolution videos for {len(prompts)} prompts")
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         step = None if progress is None else (lambda i, n, t, x, k=len(chunk): progress(k))
+        if low_res is not None:
+            sampler["low_res"] = low_res[start : start + batch_size]
         video = module.generate(chunk, steps=steps, cfg_scale=cfg_scale, seed=seed + start, callback=step, **sampler)
         out.append(crop_padding(video, tuple(module.cfg.data.size)).cpu())
     return torch.cat(out)

@@ -145,9 +145,50 @@ class EDMVideoModule(L.LightningModule):
         emb, mask = self.text_encoder.encode(list(captions))
         return emb.to(self.device), mask.to(self.device)
 
-    def make_cond(self, batch: dict, drop_generator: Optional[Generators] = None) -> dict:
+    def make_cond(
+        self,
+        batch: dict,
+        drop_generator: Optional[Generators] = None,
+        noise_generator: Optional[Generators] = None,
+        aug_sigma: Optional[float] = None,
+    ) -> dict:
         """Backbone conditioning from a batch; with ``drop_generator``, label dropout replaces captions by the null
-        caption with probability ``text.label_dropout`` (classifier-free guidance training)."""
+        caption with probability ``text.label_dropout`` (classifier-free guidance training).
+
+        An upsampler also gets ``low_res`` (``batch["low_res"]`` plus Gaussian noise) and its level ``aug_sigma``:
+        noise conditioning augmentation, the level drawn per example from U[0, upsampler.aug_sigma_max] in training
+        (``drop_generator`` given), else ``aug_sigma`` (default ``upsampler.aug_sigma``); the noise comes from
+        ``noise_generator`` (else ``drop_generator``, else a fixed seed)."""
+        cond = self._text_cond(batch, drop_generator)
+        if self.spec.upsampler:
+            cond.update(self.augmented_low_res(batch, drop_generator, noise_generator, aug_sigma))
+        return cond
+
+    def augmented_low_res(
+        self,
+        batch: dict,
+        level_generator: Optional[Generators] = None,
+        noise_generator: Optional[Generators] = None,
+        aug_sigma: Optional[float] = None,
+    ) -> dict:
+        """{"low_res": (B, 3, T, h, w) batch["low_res"] + aug_sigma * eps, "aug_sigma": (B,)}; see :meth:`make_cond`."""
+        if "low_res" not in batch:
+            raise ValueError(
+                f"model.preset={self.cfg.model.preset} is an upsampler: the batch needs 'low_res' (set data.low_res_size)"
+            )
+        low = batch["low_res"].to(self.device, torch.float32)
+        b = low.shape[0]
+        if level_generator is not None:
+            top = self.cfg.upsampler.aug_sigma_max
+            level = draw(level_generator, b, lambda n, g: torch.rand(n, generator=g)) * top
+        else:
+            level = torch.full((b,), float(self.cfg.upsampler.aug_sigma if aug_sigma is None else aug_sigma))
+        generator = noise_generator or level_generator or seeded_generator(54321)
+        eps = draw(generator, b, lambda n, g: torch.randn((n, *low.shape[1:]), generator=g))
+        level = level.to(self.device)
+        return {"low_res": low + level.view(-1, 1, 1, 1, 1) * eps.to(self.device), "aug_sigma": level}
+
+    def _text_cond(self, batch: dict, drop_generator: Optional[Generators] = None) -> dict:
         captions = list(batch["caption"])
         if drop_generator is not None and self.cfg.text.label_dropout > 0:
             drop = (
@@ -201,7 +242,7 @@ class EDMVideoModule(L.LightningModule):
         )  # not `or`: a compiled module has no truth value
         video = batch["video"].to(self.device, torch.float32)
         b = video.shape[0]
-        cond = self.make_cond(batch, drop_generator=generator if train else None)
+        cond = self.make_cond(batch, drop_generator=generator if train else None, noise_generator=generator)
         if sigma is None:
             sigma = draw(generator, b, lambda n, g: self.edm.sample_sigma(n, generator=g)).to(self.device)
         eps = draw(generator, b, lambda n, g: torch.randn((n, *video.shape[1:]), generator=g, dtype=torch.float32)).to(
@@ -336,13 +377,22 @@ class EDMVideoModule(L.LightningModule):
         orig_size: Optional[tuple[int, int]] = None,
         use_ema: bool = True,
         callback: Optional[Callable] = None,
+        low_res: Optional[Tensor] = None,
+        aug_sigma: Optional[float] = None,
     ) -> Tensor:
         """Text-to-video: (B, 3, T, H, W) float32 in [-1, 1] at the padded size (crop with data.video.crop_padding).
 
         Heun (or Euler) over Karras sigmas with sigma_in (§2.5); classifier-free guidance with the conditional and
-        null-caption branch batched; FIT's latents carried from each evaluation to the next, per branch."""
+        null-caption branch batched; FIT's latents carried from each evaluation to the next, per branch.
+        An upsampler needs ``low_res`` (B, 3, T, *data.low_res_size) in [-1, 1] (stage 1's cropped samples), noised
+        at ``aug_sigma`` (default ``upsampler.aug_sigma``; the same noise for both guidance branches)."""
         if not prompts:
             raise ValueError("no prompts given")
+        if self.spec.upsampler != (low_res is not None):
+            raise ValueError(
+                f"model.preset={self.cfg.model.preset}: "
+                + ("an upsampler samples from low_res videos" if low_res is None else "low_res is for upsamplers only")
+            )
         with self.sharded_inference():
             return self._generate(
                 prompts,
@@ -356,6 +406,8 @@ class EDMVideoModule(L.LightningModule):
                 orig_size,
                 use_ema,
                 callback,
+                low_res,
+                aug_sigma,
             )
 
     def sharded_inference(self) -> contextlib.AbstractContextManager:
@@ -380,6 +432,8 @@ class EDMVideoModule(L.LightningModule):
         orig_size: Optional[tuple[int, int]],
         use_ema: bool,
         callback: Optional[Callable],
+        low_res: Optional[Tensor],
+        aug_sigma: Optional[float],
     ) -> Tensor:
         net = self.ema_backbone if use_ema else self.backbone
         was_training = net.training
@@ -396,6 +450,14 @@ class EDMVideoModule(L.LightningModule):
             "fps": torch.full((2 * b,), fps, device=self.device),
             "orig_size": torch.tensor([list(size)] * (2 * b), dtype=torch.float32, device=self.device),
         }
+        if low_res is not None:
+            expected = (b, 3, data.frames, *data.low_res_size)
+            if tuple(low_res.shape) != expected:
+                raise ValueError(f"low_res has shape {tuple(low_res.shape)}, expected {expected} (data.low_res_size)")
+            aug = self.augmented_low_res(
+                {"low_res": low_res}, noise_generator=seeded_generator(seed, 1), aug_sigma=aug_sigma
+            )
+            cond.update({k: torch.cat([v, v]) for k, v in aug.items()})  # both guidance branches see the same video
         state: dict = {"latents": None}
 
         def denoise_both(x2: Tensor, sigma2: Tensor) -> Tensor:

@@ -228,6 +228,12 @@ def fit(
     if ckpt_path:
         check_resume(cfg, module, last)  # a foreign or other-model checkpoint leaves the run as it was
         log.info("resuming from %s", ckpt_path)
+    init_report = None
+    if cfg.model.init_from and not ckpt_path:  # a fresh run starts from stage-1 weights (the paper's upsampler)
+        from .models.upsampler import init_from_stage1
+
+        init_report = init_from_stage1(module.backbone, cfg.model.init_from)
+        module.ema_backbone.load_state_dict(module.backbone.state_dict())
     created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # what this start makes
     trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
     hand_over = new_version and trainer.is_global_zero and VERSION_ENV not in os.environ
@@ -236,6 +242,9 @@ def fit(
     try:
         if trainer.is_global_zero:
             save_config(cfg, run_dir)
+            if init_report is not None:
+                report = {"init_from": cfg.model.init_from, **init_report}
+                (run_dir / "init_report.json").write_text(json.dumps(report, indent=2) + "\n")
         # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except Exception:
@@ -256,7 +265,7 @@ def launched_ranks() -> int:
 
 
 # what a start writes before its first step; a folder holding anything else is never removed
-STRAY_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*", "data_trace.tsv")
+STRAY_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*", "data_trace.tsv", "init_report.json")
 
 
 def remove_stray_run(run_dir: Path, created: list[Path]) -> None:

@@ -61,7 +61,7 @@ def activation_bytes(
     measured on the meta device (nothing allocated)."""
     tokens, dim = text_shape(preset)
     model = build_backbone(preset, dim, overrides, device="meta")
-    x, c_noise, cond = example_inputs(batch, frames, size, tokens, dim, device="meta")
+    x, c_noise, cond = example_inputs(batch, frames, size, tokens, dim, device="meta", model=model)
     weights = {id(p) for p in model.parameters()}  # saved weights are counted with the parameters, not here
     saved = 0
 

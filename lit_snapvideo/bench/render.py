@@ -159,6 +159,8 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
             if r["preset"] in PAPER_MODEL_NAMES
             else f"`{r['preset']}`"
         )
+        if (r["frames"], r["height"], r["width"]) != (settings.frames, *settings.size):  # an upsampler: its own clip
+            name += f" at {r['frames']}x{r['height']}x{r['width']}"
         mfu = lambda p: (
             f"{r[f'{p}_tflops']:.3f} ({100 * r[f'{p}_mfu']:.1f}%)" if r.get(f"{p}_tflops") is not None else "-"
         )

@@ -83,7 +83,8 @@ def plan_preset(
     """A row before measuring: sizes, FLOPs, memory estimates, the memory guard's verdict ("run_phases", "notes")
     and each phase's FLOPs per batch ("work")."""
     device = settings.resolved_device()
-    frames, size = frames or settings.frames, tuple(size or settings.size)
+    own_frames, own_size = settings.clip_for(preset)
+    frames, size = frames or own_frames, tuple(size or own_size)
     phases = phases or settings.phases_for(preset)
     b, arch = settings.batch_for(preset), arch_of(preset)
     tokens, dim = text_shape(preset)

@@ -93,6 +93,14 @@ class BenchSettings:
     def batch_for(self, preset: str) -> int:
         return self.batch.get(preset, self.batch_size)
 
+    def clip_for(self, preset: str) -> tuple[int, tuple[int, int]]:
+        """(frames, (H, W)) a preset is measured at: ``frames`` x ``size``, but an upsampler (models/registry.py) at
+        its own ``input_size`` (the paper's: 16 x 288 x 512, 147,456 patches)."""
+        kind, arguments = preset_kwargs(preset)
+        if backbone(kind).upsampler:
+            return int(arguments["input_size"][0]), tuple(int(s) for s in arguments["input_size"][1:])
+        return self.frames, tuple(self.size)
+
 
 def text_shape(preset: str) -> tuple[int, int]:
     """(tokens, width) of the precomputed text embeddings: T5-11B's width and 77 tokens for the paper presets,

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from ..models import registry
 from ..models.presets import build_backbone
 from .memory import PeakMemory
 from .settings import PHASES, text_shape
@@ -120,6 +121,11 @@ def build_bench_module(
     from ..module import module_for
 
     tokens, dim = text_shape(preset)
+    backbone = build_backbone(preset, dim, overrides, grad_checkpointing=grad_checkpointing, device=device)
+    # an upsampler's low-resolution input (models/registry.py): the clip / its scale
+    low_res = []
+    if registry.backbone(registry.kind_of(backbone)).upsampler:
+        low_res = [f"data.low_res_size=[{','.join(map(str, backbone.low_res_size(*size)))}]"]
     # the backbone's overrides go into the config too: its validation builds the backbone at this clip
     model_overrides = [
         f"model.overrides.{k}=[{','.join(map(str, v))}]" if isinstance(v, (tuple, list)) else f"model.overrides.{k}={v}"
@@ -133,10 +139,10 @@ def build_bench_module(
             f"data.size=[{size[0]},{size[1]}]",
             f"data.pad_to=[{size[0]},{size[1]}]",
             f"text.max_length={tokens}",
+            *low_res,
             *model_overrides,
         ],
     )
-    backbone = build_backbone(preset, dim, overrides, grad_checkpointing=grad_checkpointing, device=device)
     module = module_for(cfg)(cfg, backbone=nn.Identity(), text_encoder=FixedTextEmbeddings(tokens, dim))
     module.backbone = backbone
     forward = torch.compile(backbone) if compile else backbone
@@ -175,6 +181,8 @@ def measure_job(job: dict) -> dict:
         "orig_size": torch.tensor([[36.0, 64.0]]).expand(b, 2),
         "is_image": torch.zeros(b, dtype=torch.bool),
     }
+    if module.spec.upsampler:  # its low-resolution input (the bicubic upsampling inside is part of its cost)
+        batch["low_res"] = torch.randn(b, 3, job["frames"], *module.cfg.data.low_res_size)
     results: dict[str, Any] = {"memory_kind": memory.kind, "skipped": []}
 
     # eval: one denoiser evaluation; FIT gets the previous evaluation's latents, as in sampling
@@ -197,7 +205,9 @@ def measure_job(job: dict) -> dict:
     # sample: the training module's own sampler (Heun, CFG with the batch doubled)
     def run_sampler(steps: int) -> None:
         with autocast:
-            module.generate(batch["caption"], steps=steps, cfg_scale=2.0, seed=0, use_ema=True)
+            module.generate(
+                batch["caption"], steps=steps, cfg_scale=2.0, seed=0, use_ema=True, low_res=batch.get("low_res")
+            )
 
     # train: the training loss (FIT: self-conditioning pass included), backward, clipping, optimiser step
     optimizer = clip = params = None

@@ -3,7 +3,8 @@
 A batch is ``{"video": float32 (B, 3, T, *data.pad_to) in [-1, 1], "caption": list[str],
 "fps": float32 (B,) (math.inf for still images), "orig_size": float32 (B, 2) source (H, W) in
 pixels, "is_image": bool (B,), "key": int64 (B,) each example's draw seed (training: it seeds the example's
-diffusion noise, so a sample's loss does not depend on the rank or batch it lands in)}``. Examples are cropped to ``data.size``; the collate function pads
+diffusion noise, so a sample's loss does not depend on the rank or batch it lands in)}``; with ``data.low_res_size``
+(an upsampler) also ``"low_res": (B, 3, T, *low_res_size)``, each clip downsampled from the same decoded frames. Examples are cropped to ``data.size``; the collate function pads
 the batch to ``data.pad_to`` with :func:`lit_snapvideo.data.video.pad_video` (undo with
 ``crop_padding``), once per batch where one large op is cheaper than B small ones.
 
@@ -71,7 +72,8 @@ class EDMDataModule(L.LightningDataModule):
         c = self.cfg
         train, val = load_records(c.root, c.manifest, self.skip_log)  # DataError for empty sets / bad manifests
         val = val[: c.limit_val_clips] if c.limit_val_clips > 0 else val
-        common = dict(frames=c.frames, size=list(c.size), pad_to=None, skip_log=self.skip_log)  # padded per batch
+        common = dict(frames=c.frames, size=list(c.size), pad_to=None, skip_log=self.skip_log,  # padded per batch
+                      low_res_size=c.low_res_size)
         self.train_set = ClipDataset(train, fps_choices=list(c.fps_choices), train=True, **common)
         self.val_set = ClipDataset(val, fps_choices=[c.val_fps], train=False, **common)
         n_img = sum(self.train_set.is_image)

@@ -35,6 +35,7 @@ from .video import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     BadFileError,
+    downsample_video,
     is_image_file,
     is_video_file,
     pad_video,
@@ -274,7 +275,8 @@ class SkipLog:
 class ClipDataset(Dataset):
     """Records -> training examples ``{"video": (3, T, *size) float32 in [-1, 1] (or padded to
     ``pad_to``), "caption": str, "fps": float32 (), "orig_size": float32 (2,), "is_image": bool (),
-    "key": int64 ()}``; ``key`` is the sample seed of ``dataset[(i, seed)]``, else ``i``.
+    "key": int64 ()}``; ``key`` is the sample seed of ``dataset[(i, seed)]``, else ``i``. With ``low_res_size``
+    also ``"low_res"``: (3, T, *low_res_size), the same clip downsampled (an upsampler's input, never padded).
 
     ``dataset[i]`` with ``train=False``: ``fps_choices[0]`` and frame 0, so the same index always
     gives the same tensor. ``dataset[(i, seed)]`` (what :class:`JointSampler` yields): a frame rate
@@ -293,7 +295,9 @@ class ClipDataset(Dataset):
         fps_choices: Sequence[float] = (8.0,),
         train: bool = False,
         skip_log: Optional[SkipLog] = None,
+        low_res_size: Optional[Sequence[int]] = None,
     ):
+        self.low_res_size = tuple(low_res_size) if low_res_size else None
         self.records = list(records)
         self.frames, self.size, self.pad_to = frames, tuple(size), pad_to
         self.fps_choices, self.train, self.skip_log = list(fps_choices), train, skip_log or SkipLog()
@@ -310,13 +314,16 @@ class ClipDataset(Dataset):
             video, fps, orig_hw = read_image(r.path, self.frames, self.size)
         else:
             video, fps, orig_hw = read_video(r.path, self.frames, self.size, self.fps_choices, r.fps, rng)
-        return {
+        example = {
             "video": pad_video(video, self.pad_to) if self.pad_to else video,
             "caption": r.caption,
             "fps": torch.tensor(fps, dtype=torch.float32),
             "orig_size": torch.tensor(orig_hw, dtype=torch.float32),
             "is_image": torch.tensor(r.is_image),
         }
+        if self.low_res_size:
+            example["low_res"] = downsample_video(video, self.low_res_size)
+        return example
 
     def _replacement(self, index: int, rng: Optional[torch.Generator]) -> int:
         same_kind = [i for i, img in enumerate(self.is_image) if img == self.is_image[index] and i not in self._bad]

@@ -216,6 +216,16 @@ def _resize_frames(frames: np.ndarray, hw: Sequence[int]) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def downsample_video(video: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+    """(..., 3, T, H, W) in [-1, 1] -> (..., 3, T, *hw): the loader's own filter (antialiased bilinear), rounded to 8-bit
+    levels like a decoded frame. An upsampler's low-resolution input, made from the same decoded clip."""
+    lead, (c, t, h, w) = video.shape[:-4], video.shape[-4:]
+    frames = video.reshape(-1, c, t, h, w).transpose(1, 2).reshape(-1, c, h, w)
+    small = F.interpolate(frames.float(), size=tuple(hw), mode="bilinear", antialias=True, align_corners=False)
+    small = ((small + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+    return small.reshape(-1, t, c, *hw).transpose(1, 2).reshape(*lead, c, t, *hw).to(video.dtype)
+
+
 def read_image(path: str | Path, frames: int, size: Sequence[int]) -> tuple[torch.Tensor, float, tuple[int, int]]:
     """A still image as a ``frames``-frame clip (paper §2.6). Returns (video (3, frames, h, w) in
     [-1, 1], math.inf, original (H, W)). Raises BadFileError."""

@@ -20,6 +20,11 @@ FlopCounterMode on the meta device (a multiply-add counts 2).
     unet_mini          -         0.5M          0.31  (at 8 x 24 x 40)
     fit_tiny, unet_tiny: unit-test sizes (0.4M / 0.1M; 8 x 16 x 16 clips, a training step in ~50 / ~150 ms).
 
+The cascade's second stage (models/upsampler.py), each at its own clip (the low-resolution input x scale):
+    fit_3_9b_upsampler  3.9B      4162.7M        28516  (16 x 288 x 512 from 16 x 36 x 64: 147,456 patches)
+    fit_up_mini            -         2.1M         0.87  (8 x 48 x 80 from fit_mini's 8 x 24 x 40)
+    fit_up_tiny: the unit tests' (8 x 32 x 64 from fit_tiny's 8 x 16 x 32).
+
 FIT-500M needs 2.7x fewer FLOPs per video than U-Net-284M; the paper measures 3.3x faster training (Table 2).
 
 The small presets are the CPU pair at the paper's clip (``make bench``): the same architecture families, narrow and
@@ -87,6 +92,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "unet_284m": dict(kind="unet", **paper.TABLE7["unet_284m"]),
     "fit_500m": dict(kind="fit", **paper.TABLE8["fit_500m"]),
     "fit_3_9b": dict(kind="fit", **paper.TABLE8["fit_3_9b"]),
+    # Table 8's third column: the cascade's second stage at 16 x 288 x 512 (models/upsampler.py)
+    "fit_3_9b_upsampler": dict(kind="fit_upsampler", **paper.TABLE8["fit_3_9b_upsampler"]),
     "fit_small": _FIT_SMALL,
     "unet_small": _UNET_SMALL,
     # the CPU ablation pair at 8 x 24 x 40 (experiments/ablation/; see the module docstring): the small pair's
@@ -102,6 +109,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patch_conv": True,
         "sigma_modulation": True,
     },
+    # the CPU cascade's second stage (experiments/ablation/upsampler.yaml): fit_mini's widths, depth, latents and options
+    # (so a fit_mini checkpoint initialises it), upsampling fit_mini's 8 x 24 x 40 clips x2 to 8 x 48 x 80: 4x the
+    # patches (1,920) in 8 groups of 8 x 6 x 5 (16 latents each); why this size: docs/decisions.md "The upsampler"
+    "fit_up_mini": {
+        **_FIT_SMALL,
+        "kind": "fit_upsampler",
+        "scale": 2,
+        "input_size": (8, 48, 80),
+        "group_size": (8, 6, 5),
+        "num_latents": 128,
+        "patch_conv": True,
+        "sigma_modulation": True,
+    },
     "unet_mini": {**_UNET_SMALL, "attention_resolutions": (32, 16, 8), "pooled_text": True},
     # unit-test sizes: 8 x 16 x 16 videos
     "fit_tiny": dict(
@@ -109,6 +129,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         input_size=(8, 16, 16),
         patch_size=(1, 4, 4),
         group_size=(8, 2, 2),
+        patch_dim=32,
+        latent_dim=64,
+        num_latents=80,
+        cond_dim=32,
+        num_blocks=2,
+        global_layers=1,
+        patch_head_dim=16,
+        latent_head_dim=16,
+        dropout=0.0,
+    ),
+    # the unit tests' upsampler: fit_tiny's widths (a fit_tiny checkpoint initialises it), 8 x 16 x 32 -> 8 x 32 x 64
+    "fit_up_tiny": dict(
+        kind="fit_upsampler",
+        scale=2,
+        input_size=(8, 32, 64),
+        patch_size=(1, 4, 4),
+        group_size=(8, 4, 4),
         patch_dim=32,
         latent_dim=64,
         num_latents=80,
@@ -132,12 +169,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-PAPER_PRESETS = {row["preset"]: row["params"] for row in paper.TABLE2}  # the size each is named after
+# the size each is named after: Table 2's four and Table 8's upsampler
+PAPER_PRESETS = {**{row["preset"]: row["params"] for row in paper.TABLE2}, **paper.UPSAMPLER_PARAMS}
 ABLATION_TEXT_DIM = 256  # width of the "tiny" open_clip text tower the CPU ablations use (models/text.py)
 
 
 def reference_text_dim(preset: str) -> int:
-    """Text width a preset is documented with: T5-11B's 1024 for the paper's sizes, 256 for the CPU ones."""
+    """Text width a preset is documented with: T5-11B's 1024 for the paper's sizes (the upsampler's too), 256 for the
+    CPU ones."""
     return PAPER_TEXT_DIM if preset in PAPER_PRESETS else ABLATION_TEXT_DIM
 
 
@@ -199,8 +238,10 @@ def example_inputs(
     text_dim: int = PAPER_TEXT_DIM,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    model: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Random (x (B,3,T,H,W), c_noise (B,), cond) for a backbone; every other sample is a still image."""
+    """Random (x (B,3,T,H,W), c_noise (B,), cond) for a backbone; every other sample is a still image. With
+    ``model`` an upsampler (models/registry.py), ``cond`` also holds its low-resolution video and noise level."""
 
     def randn(*shape):
         if torch.device(device or "cpu").type == "meta":
@@ -215,7 +256,18 @@ def example_inputs(
         "fps": fps,
         "orig_size": torch.tensor([[36.0, 64.0]], device=device).expand(batch, 2),
     }
+    if model is not None and is_upsampler(model):
+        cond["low_res"] = randn(batch, 3, frames, *(max(1, s // model.scale) for s in size))
+        cond["aug_sigma"] = torch.full((batch,), 0.1, device=device)
     return randn(batch, 3, frames, *size), randn(batch), cond
+
+
+def is_upsampler(model: nn.Module) -> bool:
+    """Whether ``model`` is of a registered upsampler kind (an unregistered module is not)."""
+    try:
+        return backbone(kind_of(model)).upsampler
+    except ValueError:
+        return False
 
 
 def forward_flops(
@@ -236,7 +288,7 @@ def forward_flops(
         # a CPU SDPA kernel is invisible to the counter; on meta SDPA decomposes into counted matmuls
         text_dim = text_dim or backbone(kind_of(model)).text_dim(model)
         model = copy.deepcopy(model).to("meta")
-    x, c_noise, cond = example_inputs(1, frames, size, text_len, text_dim, device="meta")
+    x, c_noise, cond = example_inputs(1, frames, size, text_len, text_dim, device="meta", model=model)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x, c_noise, cond)
     return counter.get_total_flops()

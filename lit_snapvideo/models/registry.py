@@ -16,6 +16,7 @@ call receives as ``self_cond`` (FIT's latents), or None. Adding one: its model f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -24,6 +25,7 @@ from torch import nn
 from .. import paper
 from .fit import FIT
 from .unet3d import UNet3D
+from .upsampler import FITUpsampler
 
 Size = tuple[int, int]
 
@@ -61,6 +63,9 @@ class Backbone:
         text_dim: reads the text width of a built backbone (FLOP counting feeds it example text embeddings).
         size_multiple: ``(H, W)`` that a frame size must be a multiple of, from the constructor arguments.
         clip_overrides: constructor overrides for another clip ``(frames, (H, W))``, from the constructor arguments.
+        upsampler: a cascade stage conditioned on a low-resolution video: ``cond`` also holds ``low_res``
+            (B, 3, T, H / scale, W / scale) and ``aug_sigma`` (B,), the module noise-augments ``batch["low_res"]``,
+            the instance has ``scale``; its clip is its own ``input_size`` in the benchmark.
     """
 
     cls: type[nn.Module]
@@ -69,6 +74,7 @@ class Backbone:
     text_dim: Callable[[nn.Module], int] = text_dim_attribute
     size_multiple: Callable[[dict], Size] = any_size
     clip_overrides: Callable[[dict, int, Size], dict] = same_arguments
+    upsampler: bool = False
 
     def train_flops(self, forward_flops: float, self_cond_prob: float = 1.0) -> float:
         """FLOPs of a training step per video from those of a forward pass: forward + backward ~ 3 forward passes,
@@ -87,6 +93,11 @@ def _fit_clip(arguments: dict, frames: int, size: Size) -> dict:
     return {"input_size": (frames, *size), "group_size": (min(frames, group[0]), *group[1:])}
 
 
+def _upsampler_tile(arguments: dict) -> Size:
+    """The FIT tile, and a multiple of the upsampling scale (the low-resolution frame is H / scale x W / scale)."""
+    return tuple(math.lcm(t, arguments["scale"]) for t in _fit_tile(arguments))
+
+
 def _unet_tile(arguments: dict) -> Size:
     """The U-Net halves H and W at each of its levels but the last."""
     return (2 ** (len(arguments["channel_mult"]) - 1),) * 2
@@ -100,6 +111,16 @@ BACKBONES: dict[str, Backbone] = {
         text_dim=conditioning_text_dim,
         size_multiple=_fit_tile,
         clip_overrides=_fit_clip,
+    ),
+    # the cascade's second stage (models/upsampler.py); Table 9: the same LAMB recipe as FIT
+    "fit_upsampler": Backbone(
+        FITUpsampler,
+        paper.TABLE9["fit"],
+        self_conditioning=True,
+        text_dim=conditioning_text_dim,
+        size_multiple=_upsampler_tile,
+        clip_overrides=_fit_clip,
+        upsampler=True,
     ),
     # Table 9's "Adam" with decoupled weight decay: torch's L2 decay zeroed the U-Net's text attention (README)
     "unet": Backbone(
@@ -119,6 +140,9 @@ def backbone(kind: str) -> Backbone:
 
 def kind_of(model: nn.Module) -> str:
     """The kind whose class built ``model``; ValueError naming the known kinds."""
+    for kind, spec in BACKBONES.items():  # the exact class first: an upsampler is also a FIT
+        if type(model) is spec.cls:
+            return kind
     for kind, spec in BACKBONES.items():
         if isinstance(model, spec.cls):
             return kind

@@ -69,7 +69,7 @@ tensorboard: $(STAMP) ## serve TensorBoard on runs/ (http://localhost:6006)
 # ---- the cascade's second stage (issue 21): the FIT upsampler, 8x24x40 -> 8x48x80 on the ablation's data ----
 .PHONY: ablation-upsampler upsampler-eval bench-upsampler bench-upsampler-gpu
 UP_CKPT ?= runs/upsampler/version_0/checkpoints/last.ckpt
-ablation-upsampler: $(SIMPLE) ## train the CPU upsampler (fit_up_mini, x2 of the ablation's clips, ~15 min): runs/upsampler/version_0
+ablation-upsampler: $(SIMPLE) ## train the CPU upsampler (fit_up_mini, x2 of the ablation's clips, ~10 min): runs/upsampler/version_0
 	$(CLI) fit experiments/ablation/upsampler.yaml $(ARGS)
 
 upsampler-eval: $(STAMP) ## PSNR vs the real clips, upsampler against bicubic -> docs/upsampler.png, results/upsampler.{md,json}

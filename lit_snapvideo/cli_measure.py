@@ -239,13 +239,13 @@ def _run_upsampler_eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .cascade import compare_with_bicubic, comparison_png, summary_markdown
-    from .cli import _load_checkpoint
+    from .cli_sample import load_checkpoint
 
     if args.num_videos < 1 or args.steps < 1 or args.batch_size < 1:
         raise UserError("--num-videos, --steps and --batch-size must be >= 1")
     if args.aug_sigma is not None and not all(a >= 0 and math.isfinite(a) for a in args.aug_sigma):
         raise UserError(f"--aug-sigma {args.aug_sigma}: expected noise levels >= 0")
-    module = _load_checkpoint(args.checkpoint)
+    module = load_checkpoint(args.checkpoint)
     if not module.spec.upsampler:
         raise UserError(f"{args.checkpoint}: model.preset={module.cfg.model.preset} is not an upsampler")
     levels = args.aug_sigma or sorted({0.0, float(module.cfg.upsampler.aug_sigma)})

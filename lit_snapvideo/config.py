@@ -110,6 +110,10 @@ class UpsamplerConfig:
 
     aug_sigma_max: float = 0.5
     aug_sigma: float = 0.1  # the level at sampling time and in the validation loss (`sample --aug-sigma` overrides)
+    # > 0: diffuse the residual (video - bicubic(low_res)) x residual_scale instead of the video, and add the bicubic
+    # upsampling back after sampling (SRDiff's residual; the scale brings it to about sigma_data). 0: the video itself.
+    # Why: docs/decisions.md "The upsampler's residual"
+    residual_scale: float = 0.0
 
 
 @dataclass
@@ -414,6 +418,7 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
     up = cfg.upsampler
     check(up.aug_sigma_max >= 0, "upsampler.aug_sigma_max", "a noise level >= 0", up.aug_sigma_max)
     check(up.aug_sigma >= 0, "upsampler.aug_sigma", "a noise level >= 0", up.aug_sigma)
+    check(up.residual_scale >= 0, "upsampler.residual_scale", "0 (off) or a scale > 0", up.residual_scale)
     if cfg.model.init_from is not None:
         check(Path(cfg.model.init_from).is_file(), "model.init_from", "a stage-1 checkpoint file", cfg.model.init_from)
     for key in ("logging.root", "text.cache_dir"):

@@ -68,7 +68,7 @@ def denoising_check(
     for i, batch in enumerate(dm.val_dataloader()):
         batch = {k: v[: num_clips - count] for k, v in batch.items()}
         b = len(batch["caption"])
-        x = batch["video"].float().to(module.device)
+        x = module.diffused(batch)  # an upsampler with a residual: the scaled residual, what D estimates
         cond = module.make_cond(batch)
         null = module.make_cond({**batch, "caption": [NULL_CAPTION] * b})
         sigma_in = module.sigma_in_for(batch)

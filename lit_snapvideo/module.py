@@ -41,6 +41,7 @@ from .edm import SnapEDM
 from .models import registry
 from .models.presets import build_backbone, preset_kwargs
 from .models.text import NULL_CAPTION, TextEncoder
+from .models.upsampler import bicubic_upsample
 from .safe_load import CheckpointError, load_checkpoint_file
 from .sampling import guidance_schedule, guided_denoiser, karras_sigmas, sample
 from .seeding import mix_seed, seeded_generator
@@ -207,6 +208,29 @@ class EDMVideoModule(L.LightningModule):
             "orig_size": batch["orig_size"].to(self.device, torch.float32),
         }
 
+    # ---- what the diffusion runs on: the video, or an upsampler's residual over bicubic ------
+
+    @property
+    def residual_scale(self) -> float:
+        """An upsampler's ``upsampler.residual_scale`` (0: it diffuses the video itself); 0 for other backbones."""
+        return float(self.cfg.upsampler.residual_scale) if self.spec.upsampler else 0.0
+
+    def diffused(self, batch: dict) -> Tensor:
+        """(B, 3, T, H, W): what the diffusion denoises, the batch's video, or with ``upsampler.residual_scale`` > 0
+        (video - bicubic(batch["low_res"])) x residual_scale; the clean low-res, not the augmented one, because
+        sampling adds back the bicubic upsampling of the clean input (:meth:`from_diffused`)."""
+        video = batch["video"].to(self.device, torch.float32)
+        if not self.residual_scale:
+            return video
+        base = bicubic_upsample(batch["low_res"].to(self.device, torch.float32), tuple(video.shape[-2:]))
+        return (video - base) * self.residual_scale
+
+    def from_diffused(self, x: Tensor, low_res: Optional[Tensor]) -> Tensor:
+        """The inverse of :meth:`diffused`: x (B, 3, T, H, W) sampled -> the video (unclamped)."""
+        if not self.residual_scale:
+            return x
+        return bicubic_upsample(low_res.to(x.device, x.dtype), tuple(x.shape[-2:])) + x / self.residual_scale
+
     def sigma_in_for(self, batch: dict) -> Tensor | float:
         """Per-sample sigma_in: Table 3 row (iv) gives still images their own ``diffusion.image_sigma_in``."""
         d = self.cfg.diffusion
@@ -240,7 +264,7 @@ class EDMVideoModule(L.LightningModule):
         backbone = (
             self._train_forward if backbone is None else backbone
         )  # not `or`: a compiled module has no truth value
-        video = batch["video"].to(self.device, torch.float32)
+        video = self.diffused(batch)
         b = video.shape[0]
         cond = self.make_cond(batch, drop_generator=generator if train else None, noise_generator=generator)
         if sigma is None:
@@ -393,6 +417,11 @@ class EDMVideoModule(L.LightningModule):
                 f"model.preset={self.cfg.model.preset}: "
                 + ("an upsampler samples from low_res videos" if low_res is None else "low_res is for upsamplers only")
             )
+        if threshold_percentile and self.residual_scale:
+            raise ValueError(
+                "dynamic thresholding clips a video in [-1, 1]; this upsampler samples a scaled residual "
+                f"(upsampler.residual_scale={self.residual_scale:g}): leave threshold_percentile unset"
+            )
         with self.sharded_inference():
             return self._generate(
                 prompts,
@@ -475,7 +504,7 @@ class EDMVideoModule(L.LightningModule):
         noise = torch.randn((b, 3, data.frames, *data.pad_to), generator=g).to(self.device)
         video = sample(denoise_fn, noise, sigmas, sigma_in=d.sigma_in, solver=solver, callback=callback)
         net.train(was_training)
-        return video.float().clamp(-1, 1)
+        return self.from_diffused(video.float(), low_res).clamp(-1, 1)
 
     # ---- optimisers ---------------------------------------------------------------------------
 

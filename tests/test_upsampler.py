@@ -128,6 +128,40 @@ def test_module_noise_augmentation(shapes_root, tmp_path):
         module.make_cond({k: v for k, v in batch.items() if k != "low_res"})
 
 
+def test_residual_mode_diffuses_the_scaled_residual_and_adds_bicubic_back(shapes_root, tmp_path, monkeypatch):
+    """upsampler.residual_scale: the diffusion runs on (video - bicubic(low_res)) x scale, sampling inverts it."""
+    from lit_snapvideo.module import EDMVideoModule
+    from lit_snapvideo.models.upsampler import bicubic_upsample
+    from lit_snapvideo.seeding import seeded_generator
+
+    sizes = {"data.size": "[32,64]", "data.pad_to": "[32,64]", "data.low_res_size": "[16,32]"}
+    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_up_tiny", **sizes) + ["upsampler.residual_scale=8"])
+    module = EDMVideoModule(cfg)
+    torch.manual_seed(0)
+    low = torch.rand(2, 3, 8, 16, 32) * 2 - 1
+    video = torch.rand(2, 3, 8, 32, 64) * 2 - 1
+    batch = {"caption": ["a red circle"] * 2, "fps": torch.full((2,), 8.0), "orig_size": torch.full((2, 2), 64.0)}
+    batch.update(low_res=low, video=video, is_image=torch.zeros(2, dtype=torch.bool))
+    residual = module.diffused(batch)
+    # independent: the bicubic frame by frame with torch's own interpolate, times the scale
+    frame = torch.nn.functional.interpolate(low[:, :, 3], size=(32, 64), mode="bicubic", align_corners=False)
+    assert torch.allclose(residual[:, :, 3], (video[:, :, 3] - frame) * 8, atol=1e-5)
+    assert torch.allclose(module.from_diffused(residual, low), video, atol=1e-5)  # the inverse
+    # the loss regresses the residual: a video that is exactly the bicubic upsampling has residual 0 (loss = pure noise)
+    flat = {**batch, "video": bicubic_upsample(low, (32, 64))}
+    assert module.diffused(flat).abs().max() < 1e-6
+    loss, _ = module.diffusion_loss(flat, seeded_generator(0))
+    assert loss.shape == (2,) and torch.isfinite(loss).all()
+    # sampling returns bicubic + residual / scale: a denoiser that always says "residual 0" gives the bicubic video
+    monkeypatch.setattr(module.edm, "denoise", lambda net, x, *a, **k: (torch.zeros_like(x), None))
+    out = module.generate(["a red circle"] * 2, steps=3, cfg_scale=1.0, low_res=low, aug_sigma=0.0)
+    assert torch.allclose(out, bicubic_upsample(low, (32, 64)).clamp(-1, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="residual_scale=8"):
+        module.generate(["a red circle"], steps=2, low_res=low[:1], threshold_percentile=0.99)
+    off = EDMVideoModule(load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_up_tiny", **sizes)))
+    assert off.residual_scale == 0 and torch.equal(off.diffused(batch), video)  # the default: the video itself
+
+
 def test_datamodule_serves_high_and_low_res_pairs(shapes_root, tmp_path):
     from lit_snapvideo.data.datamodule import EDMDataModule
     from lit_snapvideo.models.upsampler import bicubic_upsample

@@ -213,7 +213,8 @@ class EDMVideoModule(L.LightningModule):
     @property
     def residual_scale(self) -> float:
         """An upsampler's ``upsampler.residual_scale`` (0: it diffuses the video itself); 0 for other backbones."""
-        return float(self.cfg.upsampler.residual_scale) if self.spec.upsampler else 0.0
+        # .get: checkpoints written before the setting existed diffuse the video
+        return float(self.cfg.upsampler.get("residual_scale", 0.0)) if self.spec.upsampler else 0.0
 
     def diffused(self, batch: dict) -> Tensor:
         """(B, 3, T, H, W): what the diffusion denoises, the batch's video, or with ``upsampler.residual_scale`` > 0

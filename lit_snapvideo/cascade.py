@@ -1,7 +1,7 @@
 """The two-stage cascade (paper §3.3): stage-1 samples upsampled by a FIT upsampler, and the upsampler's own measure.
 
     check_cascade(stage1, upsampler)          # lit-snapvideo sample CKPT --upsampler UP_CKPT: the cascade
-    result = compare_with_bicubic(upsampler, num_videos=16, steps=40, aug_sigmas=[0.0, 0.1])  # PSNR vs the real clips
+    result = compare_with_bicubic(upsampler, num_videos=16, steps=[1, 40], aug_sigmas=[0.0, 0.1])  # PSNR vs real
     comparison_png("docs/upsampler.png", result["videos"])   # rows: low-res | bicubic | upsampler | real
 
 The cascade samples in ``lit-snapvideo sample --upsampler`` and the comparison here, both through
@@ -61,33 +61,38 @@ def validation_pairs(upsampler: Any, n: int) -> tuple[list[str], Tensor, Tensor]
 def compare_with_bicubic(
     upsampler: Any,
     num_videos: int = 16,
-    steps: int = 40,
+    steps: int | Sequence[int] = 40,
     cfg_scale: float = 1.0,
     aug_sigmas: Sequence[float] = (0.0,),
     seed: int = 0,
     batch_size: int = 8,
 ) -> dict:
     """PSNR (dB, mean over videos) at the high resolution against the real clips: bicubic upsampling of the
-    low-resolution input, and the upsampler at each level in ``aug_sigmas`` (the paper picks its inference level by
-    search). Returns {"bicubic_psnr", "upsampler_psnr": {level: dB}, "per_video": ..., "videos": {...} (the first
-    level's samples and the inputs, for :func:`comparison_png`)}."""
+    low-resolution input, and the upsampler with each number of Heun ``steps`` at each level in ``aug_sigmas``
+    (the paper picks its inference level by search; 1 step is one denoiser call from pure noise, the network's
+    estimate of the mean video given the input). Returns {"bicubic_psnr", "upsampler_psnr": {steps: {level: dB}},
+    "per_video": ..., "videos": {...} (the first setting's samples and the inputs, for :func:`comparison_png`)}."""
+    step_counts = [steps] if isinstance(steps, int) else list(steps)
     prompts, low, real = validation_pairs(upsampler, num_videos)
     bicubic = bicubic_upsample(low, tuple(real.shape[-2:])).clamp(-1, 1)
     result: dict = {
         "num_videos": len(prompts),
-        "steps": steps,
+        "steps": step_counts,
         "cfg_scale": cfg_scale,
         "bicubic_psnr": float(psnr(bicubic, real).mean()),
         "upsampler_psnr": {},
         "per_video": {"bicubic": psnr(bicubic, real).tolist()},
     }
-    for i, level in enumerate(aug_sigmas):
-        up = generate_videos(upsampler, prompts, steps, cfg_scale, seed, batch_size, low_res=low, aug_sigma=level)
-        values = psnr(up, real)
-        result["upsampler_psnr"][float(level)] = float(values.mean())
-        result["per_video"][f"upsampler_aug_{level:g}"] = values.tolist()
-        if i == 0:
-            result["videos"] = {"low_res": low, "bicubic": bicubic, "upsampler": up, "real": real, "prompts": prompts}
+    for n in step_counts:
+        result["upsampler_psnr"][n] = {}
+        for level in aug_sigmas:
+            up = generate_videos(upsampler, prompts, n, cfg_scale, seed, batch_size, low_res=low, aug_sigma=level)
+            values = psnr(up, real)
+            result["upsampler_psnr"][n][float(level)] = float(values.mean())
+            result["per_video"][f"upsampler_steps_{n}_aug_{level:g}"] = values.tolist()
+            if "videos" not in result:
+                result["videos"] = {"low_res": low, "bicubic": bicubic, "upsampler": up, "real": real}
+                result["videos"].update(prompts=prompts, label=f"upsampler, {n} step{'s' * (n > 1)}")
     return result
 
 
@@ -100,7 +105,7 @@ def comparison_png(
     h, w = real.shape[-2:]
     nearest = low.repeat_interleave(h // low.shape[-2], dim=-2).repeat_interleave(w // low.shape[-1], dim=-1)
     columns = [nearest, bicubic, up, real]
-    names = ["low-res input", "bicubic", "upsampler", "real"]
+    names = ["low-res input", "bicubic", videos.get("label", "upsampler"), "real"]
     n = min(rows, real.shape[0])
     border, header = 2, 14
     tiles = []
@@ -132,15 +137,16 @@ def summary_markdown(result: dict, checkpoint: str, command: str, throughput: Op
     lines = [
         "# Upsampler against bicubic (PSNR at the high resolution vs the real clips)",
         "",
-        f"Checkpoint `{checkpoint}`; {result['num_videos']} validation videos; {result['steps']} Heun steps, guidance "
+        f"Checkpoint `{checkpoint}`; {result['num_videos']} validation videos; Heun sampler, guidance "
         f"{result['cfg_scale']:g}. Command: `{command}`",
         "",
         "| method | PSNR (dB) |",
         "|---|---|",
         f"| bicubic upsampling of the low-res input | {result['bicubic_psnr']:.2f} |",
     ]
-    for level, value in result["upsampler_psnr"].items():
-        lines.append(f"| upsampler, aug_sigma {level:g} | {value:.2f} |")
+    for steps, levels in result["upsampler_psnr"].items():
+        for level, value in levels.items():
+            lines.append(f"| upsampler, {steps} step{'s' * (int(steps) > 1)}, aug_sigma {level:g} | {value:.2f} |")
     if throughput:
         lines += ["", throughput]
     return "\n".join(lines) + "\n"

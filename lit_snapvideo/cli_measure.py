@@ -219,7 +219,14 @@ def add_upsampler_eval(sub: argparse._SubParsersAction) -> None:
         "checkpoint", help="an upsampler checkpoint (e.g. runs/upsampler_cpu/version_0/checkpoints/last.ckpt)"
     )
     p.add_argument("--num-videos", type=int, default=16, help="validation videos (default 16)")
-    p.add_argument("--steps", type=int, default=40, help="Heun steps (default 40, the paper's second stage)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=[1, 40],
+        help="Heun step counts (default 1 and 40: one denoiser call, the estimate of the mean video given the "
+        "input, and the paper's second-stage sampler); the PNG shows the first",
+    )
     p.add_argument("--cfg", type=float, default=1.0, help="guidance weight (default 1: no guidance)")
     p.add_argument(
         "--aug-sigma", type=float, nargs="+", default=None, help="noise levels of the input (default: 0 and the run's)"
@@ -241,7 +248,7 @@ def _run_upsampler_eval(args: argparse.Namespace) -> None:
     from .cascade import compare_with_bicubic, comparison_png, summary_markdown
     from .cli_sample import load_checkpoint
 
-    if args.num_videos < 1 or args.steps < 1 or args.batch_size < 1:
+    if args.num_videos < 1 or min(args.steps) < 1 or args.batch_size < 1:
         raise UserError("--num-videos, --steps and --batch-size must be >= 1")
     if args.aug_sigma is not None and not all(a >= 0 and math.isfinite(a) for a in args.aug_sigma):
         raise UserError(f"--aug-sigma {args.aug_sigma}: expected noise levels >= 0")
@@ -250,13 +257,14 @@ def _run_upsampler_eval(args: argparse.Namespace) -> None:
         raise UserError(f"{args.checkpoint}: model.preset={module.cfg.model.preset} is not an upsampler")
     levels = args.aug_sigma or sorted({0.0, float(module.cfg.upsampler.aug_sigma)})
     result = compare_with_bicubic(module, args.num_videos, args.steps, args.cfg, levels, args.seed, args.batch_size)
-    png = comparison_png(args.png, result.pop("videos"))
+    png = comparison_png(args.png, result.pop("videos"))  # the first --steps at the first level
     command = "lit-snapvideo " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(summary_markdown(result, args.checkpoint, command) + f"\nPicture: `{png}`\n")
     out.with_suffix(".json").write_text(json.dumps({"checkpoint": args.checkpoint, **result}, indent=2) + "\n")
     print(f"bicubic: {result['bicubic_psnr']:.2f} dB")
-    for level, value in result["upsampler_psnr"].items():
-        print(f"upsampler (aug_sigma {level:g}): {value:.2f} dB")
+    for steps, levels in result["upsampler_psnr"].items():
+        for level, value in levels.items():
+            print(f"upsampler ({steps} steps, aug_sigma {level:g}): {value:.2f} dB")
     print(f"wrote {png}, {out} and {out.with_suffix('.json')}")

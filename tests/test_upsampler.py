@@ -135,7 +135,9 @@ def test_residual_mode_diffuses_the_scaled_residual_and_adds_bicubic_back(shapes
     from lit_snapvideo.seeding import seeded_generator
 
     sizes = {"data.size": "[32,64]", "data.pad_to": "[32,64]", "data.low_res_size": "[16,32]"}
-    cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_up_tiny", **sizes) + ["upsampler.residual_scale=8"])
+    cfg = load_config(
+        None, tiny_overrides(shapes_root, tmp_path, "fit_up_tiny", **sizes) + ["upsampler.residual_scale=8"]
+    )
     module = EDMVideoModule(cfg)
     torch.manual_seed(0)
     low = torch.rand(2, 3, 8, 16, 32) * 2 - 1
@@ -301,6 +303,7 @@ def test_upsampler_eval_writes_png_and_psnr(upsampler_checkpoint, tmp_path, caps
             "--num-videos",
             "2",
             "--steps",
+            "1",
             "2",
             "--png",
             str(png),
@@ -313,6 +316,8 @@ def test_upsampler_eval_writes_png_and_psnr(upsampler_checkpoint, tmp_path, caps
     )
     assert rc == 0
     result = json.loads(md.with_suffix(".json").read_text())
-    assert result["num_videos"] == 2 and set(result["upsampler_psnr"]) == {"0.0", "0.1"}
+    assert result["num_videos"] == 2 and set(result["upsampler_psnr"]) == {"1", "2"}
+    assert all(set(levels) == {"0.0", "0.1"} for levels in result["upsampler_psnr"].values())
+    assert "| upsampler, 1 step, aug_sigma 0.1 |" in md.read_text()
     assert 5 < result["bicubic_psnr"] < 60
     assert png.read_bytes()[:4] == b"\x89PNG" and "bicubic" in capsys.readouterr().out

@@ -15,7 +15,8 @@ item 5; docs/decisions.md "The upsampler"):
 * The augmentation level ``aug_sigma`` is one more conditioning token (sinusoids of aug_sigma x 1000, an MLP whose
   last layer starts at zero) beside sigma, fps and size, and joins the adaLN vector the same way. The module draws it
   per example in training (noise conditioning augmentation, Imagen); at sampling time it is a setting.
-Nothing here knows EDM: the noise level of the low-resolution input is the module's (``module.py``).
+Nothing here knows EDM: the noise level of the low-resolution input is the module's (``module.py``), and so is the
+option to diffuse the residual over the same bicubic upsampling (``upsampler.residual_scale``).
 
 Initialisation from a stage-1 FIT checkpoint (the paper fine-tunes the upsampler from the 3.9B's weights): every
 tensor of the same name and shape carries over (the latent embeddings among them); the positional table is resized

@@ -7,6 +7,8 @@ Stages, run in the order of ``stages`` (each one writes its files as soon as it 
 - ``throughput``: unet_284m and fit_500m at 16x40x64, bf16, batch 8 and 64, eval / sample / train, eager.
 - ``presets``: unet_85m and fit_3_9b at batch 64 (with the pair's batch-64 rows: the four paper presets); the
   memory guard (bench.memory_guard) notes each phase it skipped and why.
+- ``upsampler``: the cascade's second stage, fit_3_9b_upsampler at its own 16x288x512 clip (147,456 patches),
+  batch 1, eval and a 2-step sample (issue 21); its row joins the throughput table.
 - ``ablation``: experiments/ablation/{fit,unet}.yaml trained for ``ablation_seconds`` of wall clock each
   (trainer.max_time), then a sample grid, ``lit-snapvideo evaluate``'s probe metrics and ablation.md (compare_runs).
 - ``compile``: the pair again with ``torch.compile``; the warm-up seconds (compilation included) are a column of
@@ -43,7 +45,7 @@ from .bench import (
 )
 from .report import fmt
 
-STAGES = ("throughput", "presets", "ablation", "compile")
+STAGES = ("throughput", "presets", "upsampler", "ablation", "compile")
 PAIR = ("unet_284m", "fit_500m")
 EXTRA_PRESETS = ("unet_85m", "fit_3_9b")
 CHECK_COLUMNS = THROUGHPUT_COLUMNS + [f"{p}_warmup_s" for p in PHASES]
@@ -59,6 +61,7 @@ PROMISED = (
     "ablation_fit_samples.gif",
     "ablation_unet_samples.gif",
 )
+UPSAMPLER_SAMPLE_STEPS = 2  # the upsampler stage's sample (batch 1): 3 evaluations at 147,456 patches
 NOT_MEASURED = (
     "Not measured yet: nothing here ran on a GPU. `make gpu-check` on a GPU machine replaces this file "
     f"with the batch-8 and batch-64 numbers and the FIT/U-Net ratios beside the paper's "
@@ -76,6 +79,7 @@ class CheckSettings:
     stages: tuple[str, ...] = STAGES
     pair: tuple[str, ...] = PAIR
     extra_presets: tuple[str, ...] = EXTRA_PRESETS
+    upsampler_preset: str = "fit_3_9b_upsampler"  # measured at its own clip (bench.settings.clip_for), batch 1
     batches: tuple[int, ...] = (8, 64)
     sample_steps: dict[int, int] = field(default_factory=lambda: {8: 8, 64: 2})  # per batch: a b64 run is 8x longer
     frames: int = 16
@@ -109,6 +113,7 @@ class CheckSettings:
             self,
             pair=("unet_tiny", "fit_tiny"),
             extra_presets=("unet_tiny", "fit_tiny"),
+            upsampler_preset="fit_up_tiny",
             batches=(2, 4),
             sample_steps={2: 2, 4: 1},
             frames=8,
@@ -157,7 +162,13 @@ class Check:
     # ---- throughput ------------------------------------------------------------------------------------
 
     def bench_settings(
-        self, presets: list[str], batch: int, compile: bool, reserve_s: float, available_gib: Optional[float] = None
+        self,
+        presets: list[str],
+        batch: int,
+        compile: bool,
+        reserve_s: float,
+        available_gib: Optional[float] = None,
+        phases: tuple[str, ...] = PHASES,
     ) -> BenchSettings:
         s = self.s
         return BenchSettings(
@@ -167,7 +178,8 @@ class Check:
             size=s.size,
             precision=s.precision,
             compile=compile,
-            sample_steps=s.sample_steps[batch],
+            phases=phases,
+            sample_steps=s.sample_steps.get(batch, UPSAMPLER_SAMPLE_STEPS),
             device=s.device,
             threads=1 if s.dry_run else None,
             memory_fraction=s.memory_fraction,
@@ -177,10 +189,16 @@ class Check:
         )
 
     def measure(
-        self, presets: list[str], batch: int, compile: bool, reserve_s: float, available_gib: Optional[float] = None
+        self,
+        presets: list[str],
+        batch: int,
+        compile: bool,
+        reserve_s: float,
+        available_gib: Optional[float] = None,
+        phases: tuple[str, ...] = PHASES,
     ) -> list[dict]:
         """Plan (memory guard) and measure ``presets`` at ``batch``, leaving ``reserve_s`` of the budget."""
-        settings = self.bench_settings(presets, batch, compile, reserve_s, available_gib)
+        settings = self.bench_settings(presets, batch, compile, reserve_s, available_gib, phases)
         if self.peak is None:
             self.info, self.peak = hardware_info(settings), reference_peak(settings)
             self.log(f"{self.info['hardware']}, torch {self.info['torch']}; MFU reference: {self.peak['label']}")
@@ -446,6 +464,7 @@ def run_check(settings: CheckSettings, log: Callable[[str], None] = print) -> Ch
                 check.measure(list(s.extra_presets), max(s.batches), False, later("presets"), s.available_gib)
             ),
         ),
+        "upsampler": (60 if not s.dry_run else 5, lambda: _measure_upsampler(check, later("upsampler"))),
         "ablation": (ablation_need if not s.dry_run else 10, lambda: check.ablation(0.0)),
         "compile": (
             60 if not s.dry_run else 5,
@@ -473,6 +492,17 @@ def _measure_batches(
     return _summarise(rows)
 
 
-def _summarise(rows: list[dict]) -> str:
-    measured = sum(1 for r in rows for p in PHASES if r.get(f"{p}_ms") is not None)
-    return f"{measured} of {len(rows) * len(PHASES)} phases measured"
+def _measure_upsampler(check: Check, reserve_s: float) -> str:
+    """The upsampler preset at its own clip, batch 1, eval and sample; the clip goes into the row's notes."""
+    preset, phases = check.s.upsampler_preset, ("eval", "sample")
+    rows = check.measure([preset], 1, False, reserve_s, phases=phases)
+    frames, (h, w) = check.bench_settings([preset], 1, False, reserve_s).clip_for(preset)
+    for row in rows:
+        row["notes"] = "; ".join(filter(None, [f"upsampler at its own {frames}x{h}x{w} clip", row["notes"]]))
+    check.write_throughput()
+    return _summarise(rows, phases)
+
+
+def _summarise(rows: list[dict], phases: tuple[str, ...] = PHASES) -> str:
+    measured = sum(1 for r in rows for p in phases if r.get(f"{p}_ms") is not None)
+    return f"{measured} of {len(rows) * len(phases)} phases measured"

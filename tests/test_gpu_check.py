@@ -22,6 +22,8 @@ def test_dry_run_writes_every_promised_file(shapes_root, tmp_path):
     md = (tmp_path / "out" / "throughput_b8_b64.md").read_text()
     assert "Not measured yet" in md and "| `fit_tiny` | 4 | on |" in md and "paper train (A100)" in md
     assert "eval skipped: needs ~" in md  # the presets stage's memory guard, forced to trip in the dry run
+    upsampler = next(line for line in md.splitlines() if line.startswith("| `fit_up_tiny`"))  # the upsampler stage
+    assert "| 1 |" in upsampler and "upsampler at its own 8x32x64 clip" in upsampler, upsampler
     assert "gpu-check runs (fit:" in (tmp_path / "out" / "ablation.md").read_text()
 
 

@@ -266,5 +266,5 @@ def _run_upsampler_eval(args: argparse.Namespace) -> None:
     print(f"bicubic: {result['bicubic_psnr']:.2f} dB")
     for steps, levels in result["upsampler_psnr"].items():
         for level, value in levels.items():
-            print(f"upsampler ({steps} steps, aug_sigma {level:g}): {value:.2f} dB")
+            print(f"upsampler ({steps} step{'s' * (steps > 1)}, aug_sigma {level:g}): {value:.2f} dB")
     print(f"wrote {png}, {out} and {out.with_suffix('.json')}")

@@ -61,7 +61,6 @@ PROMISED = (
     "ablation_fit_samples.gif",
     "ablation_unet_samples.gif",
 )
-UPSAMPLER_SAMPLE_STEPS = 2  # the upsampler stage's sample (batch 1): 3 evaluations at 147,456 patches
 NOT_MEASURED = (
     "Not measured yet: nothing here ran on a GPU. `make gpu-check` on a GPU machine replaces this file "
     f"with the batch-8 and batch-64 numbers and the FIT/U-Net ratios beside the paper's "
@@ -81,7 +80,8 @@ class CheckSettings:
     extra_presets: tuple[str, ...] = EXTRA_PRESETS
     upsampler_preset: str = "fit_3_9b_upsampler"  # measured at its own clip (bench.settings.clip_for), batch 1
     batches: tuple[int, ...] = (8, 64)
-    sample_steps: dict[int, int] = field(default_factory=lambda: {8: 8, 64: 2})  # per batch: a b64 run is 8x longer
+    # Heun steps per batch: a b64 run is 8x longer; batch 1 is the upsampler stage's (3 evaluations at 147,456 patches)
+    sample_steps: dict[int, int] = field(default_factory=lambda: {8: 8, 64: 2, 1: 2})
     frames: int = 16
     size: tuple[int, int] = (40, 64)
     precision: str = "bf16"
@@ -115,7 +115,7 @@ class CheckSettings:
             extra_presets=("unet_tiny", "fit_tiny"),
             upsampler_preset="fit_up_tiny",
             batches=(2, 4),
-            sample_steps={2: 2, 4: 1},
+            sample_steps={2: 2, 4: 1, 1: 2},
             frames=8,
             size=(16, 16),
             precision="fp32",
@@ -179,7 +179,7 @@ class Check:
             precision=s.precision,
             compile=compile,
             phases=phases,
-            sample_steps=s.sample_steps.get(batch, UPSAMPLER_SAMPLE_STEPS),
+            sample_steps=s.sample_steps[batch],
             device=s.device,
             threads=1 if s.dry_run else None,
             memory_fraction=s.memory_fraction,
@@ -418,8 +418,10 @@ def throughput_markdown(rows: list[dict], s: CheckSettings, peak: Optional[dict]
     for r in rows:
         warm = "/".join(fmt(r.get(f"{p}_warmup_s"), 1) for p in PHASES)
         mem = "/".join(fmt(r.get(f"peak_mem_{p}_gib")) for p in PHASES)
+        clip = (r["frames"], r["height"], r["width"])
+        at = "" if clip == (s.frames, *s.size) else f" at {'x'.join(map(str, clip))}"  # an upsampler: its own clip
         lines.append(
-            f"| `{r['preset']}` | {r['batch']} | {'on' if r['compile'] else 'off'} | {cell(r, 'train')} | "
+            f"| `{r['preset']}`{at} | {r['batch']} | {'on' if r['compile'] else 'off'} | {cell(r, 'train')} | "
             f"{cell(r, 'eval')} | {cell(r, 'sample')} | {pct(r.get('train_mfu'))} | {pct(r.get('eval_mfu'))} "
             f"| {warm} | {mem} | {r['notes'] or ''} |"
         )
@@ -493,14 +495,9 @@ def _measure_batches(
 
 
 def _measure_upsampler(check: Check, reserve_s: float) -> str:
-    """The upsampler preset at its own clip, batch 1, eval and sample; the clip goes into the row's notes."""
-    preset, phases = check.s.upsampler_preset, ("eval", "sample")
-    rows = check.measure([preset], 1, False, reserve_s, phases=phases)
-    frames, (h, w) = check.bench_settings([preset], 1, False, reserve_s).clip_for(preset)
-    for row in rows:
-        row["notes"] = "; ".join(filter(None, [f"upsampler at its own {frames}x{h}x{w} clip", row["notes"]]))
-    check.write_throughput()
-    return _summarise(rows, phases)
+    """The upsampler preset at its own clip (bench.settings.clip_for), batch 1, eval and sample."""
+    phases = ("eval", "sample")
+    return _summarise(check.measure([check.s.upsampler_preset], 1, False, reserve_s, phases=phases), phases)
 
 
 def _summarise(rows: list[dict], phases: tuple[str, ...] = PHASES) -> str:

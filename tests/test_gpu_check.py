@@ -23,7 +23,7 @@ def test_dry_run_writes_every_promised_file(shapes_root, tmp_path):
     assert "Not measured yet" in md and "| `fit_tiny` | 4 | on |" in md and "paper train (A100)" in md
     assert "eval skipped: needs ~" in md  # the presets stage's memory guard, forced to trip in the dry run
     upsampler = next(line for line in md.splitlines() if line.startswith("| `fit_up_tiny`"))  # the upsampler stage
-    assert "| 1 |" in upsampler and "upsampler at its own 8x32x64 clip" in upsampler, upsampler
+    assert upsampler.startswith("| `fit_up_tiny` at 8x32x64 | 1 |"), upsampler  # at its own clip, batch 1
     assert "gpu-check runs (fit:" in (tmp_path / "out" / "ablation.md").read_text()
 
 

@@ -19,6 +19,12 @@ from lit_snapvideo.safe_load import CheckpointError
 TEXT_DIM = 16
 
 
+def upsampler_overrides(root, run_root, **extra) -> list[str]:
+    """tiny_overrides for fit_up_tiny's pairs: 8 x 16 x 32 low-res clips upsampled x2 to 8 x 32 x 64."""
+    sizes = {"data.size": "[32,64]", "data.pad_to": "[32,64]", "data.low_res_size": "[16,32]"}
+    return tiny_overrides(root, run_root, "fit_up_tiny", **{**sizes, **extra})
+
+
 def randomise(model: nn.Module) -> nn.Module:
     """Every zero-initialised output random, so that every input can show in the output."""
     torch.manual_seed(1)
@@ -100,14 +106,7 @@ def test_module_noise_augmentation(shapes_root, tmp_path):
     from lit_snapvideo.seeding import seeded_generator
 
     cfg = load_config(
-        None,
-        tiny_overrides(
-            shapes_root,
-            tmp_path,
-            "fit_up_tiny",
-            **{"data.size": "[32,64]", "data.pad_to": "[32,64]", "data.low_res_size": "[16,32]"},
-        )
-        + ["upsampler.aug_sigma_max=0.8", "upsampler.aug_sigma=0.25"],
+        None, upsampler_overrides(shapes_root, tmp_path) + ["upsampler.aug_sigma_max=0.8", "upsampler.aug_sigma=0.25"]
     )
     module = EDMVideoModule(cfg)
     low = torch.zeros(64, 3, 8, 16, 32)
@@ -134,10 +133,7 @@ def test_residual_mode_diffuses_the_scaled_residual_and_adds_bicubic_back(shapes
     from lit_snapvideo.models.upsampler import bicubic_upsample
     from lit_snapvideo.seeding import seeded_generator
 
-    sizes = {"data.size": "[32,64]", "data.pad_to": "[32,64]", "data.low_res_size": "[16,32]"}
-    cfg = load_config(
-        None, tiny_overrides(shapes_root, tmp_path, "fit_up_tiny", **sizes) + ["upsampler.residual_scale=8"]
-    )
+    cfg = load_config(None, upsampler_overrides(shapes_root, tmp_path) + ["upsampler.residual_scale=8"])
     module = EDMVideoModule(cfg)
     torch.manual_seed(0)
     low = torch.rand(2, 3, 8, 16, 32) * 2 - 1
@@ -160,7 +156,7 @@ def test_residual_mode_diffuses_the_scaled_residual_and_adds_bicubic_back(shapes
     assert torch.allclose(out, bicubic_upsample(low, (32, 64)).clamp(-1, 1), atol=1e-5)
     with pytest.raises(ValueError, match="residual_scale=8"):
         module.generate(["a red circle"], steps=2, low_res=low[:1], threshold_percentile=0.99)
-    off = EDMVideoModule(load_config(None, tiny_overrides(shapes_root, tmp_path, "fit_up_tiny", **sizes)))
+    off = EDMVideoModule(load_config(None, upsampler_overrides(shapes_root, tmp_path)))
     assert off.residual_scale == 0 and torch.equal(off.diffused(batch), video)  # the default: the video itself
 
 
@@ -168,16 +164,7 @@ def test_datamodule_serves_high_and_low_res_pairs(shapes_root, tmp_path):
     from lit_snapvideo.data.datamodule import EDMDataModule
     from lit_snapvideo.models.upsampler import bicubic_upsample
 
-    cfg = load_config(
-        None,
-        tiny_overrides(
-            shapes_root,
-            tmp_path,
-            "fit_up_tiny",
-            **{"data.size": "[32,64]", "data.pad_to": "[32,64]", "data.low_res_size": "[16,32]"},
-        ),
-    )
-    dm = EDMDataModule(cfg)
+    dm = EDMDataModule(load_config(None, upsampler_overrides(shapes_root, tmp_path)))
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
     assert batch["video"].shape == (2, 3, 8, 32, 64) and batch["low_res"].shape == (2, 3, 8, 16, 32)
@@ -194,14 +181,10 @@ def upsampler_checkpoint(shapes_root, tiny_checkpoint, tmp_path_factory):
     run_root = tmp_path_factory.mktemp("up_runs")
     cfg = load_config(
         None,
-        tiny_overrides(
+        upsampler_overrides(
             shapes_root,
             run_root,
-            "fit_up_tiny",
             **{
-                "data.size": "[32,64]",
-                "data.pad_to": "[32,64]",
-                "data.low_res_size": "[16,32]",
                 "trainer.max_steps": 2,
                 "logging.sample_every_n_steps": 0,
                 "logging.experiment": "up",

@@ -355,3 +355,19 @@ def test_prepare_data_generates_the_default_set_only(tmp_path, monkeypatch):
     user.mkdir()
     EDMDataModule(_config(user)).prepare_data()  # a user's root is never written to
     assert list(user.iterdir()) == []
+
+
+def test_the_hash_hold_out_always_leaves_a_training_record():
+    """Without a split column ~5 % of paths (by hash) are held out; a small set whose every path hashes into the
+    hold-out still trains on all but one (CI met it: two clips in a temporary folder whose name hashed both out)."""
+    from lit_snapvideo.data.datasets import Record, _held_out, split_records
+
+    held = [f"/data/clip_{i}.mp4" for i in (2, 19, 30)]
+    assert all(_held_out(p) for p in held) and not _held_out("/data/clip_0.mp4")
+    records = [Record(p, "a clip") for p in held]
+    train, val = split_records(records)
+    assert [r.path for r in train] == held[:2] and [r.path for r in val] == held[2:]
+    mixed = [Record("/data/clip_0.mp4", "a clip"), *records[:1]]  # the hash decides when it leaves a training record
+    assert [[r.path for r in part] for part in split_records(mixed)] == [["/data/clip_0.mp4"], [held[0]]]
+    one = [Record(held[0], "a clip")]
+    assert split_records(one) == (one, one)  # a one-record set is used for both, as before

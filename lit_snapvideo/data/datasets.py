@@ -193,10 +193,12 @@ def _held_out(path: str) -> bool:
 
 def split_records(records: list[Record]) -> tuple[list[Record], list[Record]]:
     """(train, val) by the ``split`` column when any record has one, else a deterministic ~5 %
-    hold-out (at least one record; a one-record set is used for both)."""
+    hold-out (at least one record, and at least one left to train on; a one-record set is used for both)."""
     if any(r.split is not None for r in records):
         return [r for r in records if r.split in (None, "train")], [r for r in records if r.split == "val"]
-    val = [r for r in records if _held_out(r.path)] or records[-1:]
+    val = [r for r in records if _held_out(r.path)]
+    if not val or len(val) == len(records):  # none held out, or (a small set) every path hashed into the hold-out
+        val = records[-1:]
     if len(records) == 1:
         return records, val
     val_paths = {r.path for r in val}

@@ -46,7 +46,7 @@ $(SIMPLE): | $(STAMP)
 	$(CLI) data shapes --variant simple --out $(dir $(SIMPLE))
 
 # ---- training (issue: one EDM LightningModule; runs under runs/<experiment>/version_0, reruns resume) ----
-.PHONY: ablation ablation-fit ablation-unet compare tensorboard
+.PHONY: ablation ablation-fit ablation-unet ablation-dit compare tensorboard
 ablation-fit: probe ## train the FIT ablation (CPU scale): runs/fit/version_0 (rerun resumes)
 	$(CLI) fit experiments/ablation/fit.yaml $(ARGS)
 
@@ -57,11 +57,14 @@ ablation-unet: probe ## train the 3D U-Net ablation on the same data, steps and 
 probe: $(SIMPLE) ## train (once; cached in .cache/probe) the probe network that scores the ablation's samples
 	$(CLI) probe experiments/ablation/fit.yaml
 
+ablation-dit: probe ## train the DiT control (full attention over every patch) on the same recipe: runs/dit/version_0
+	$(CLI) fit experiments/ablation/dit.yaml $(ARGS)
+
 ablation: ablation-fit ablation-unet ## both ablation runs, then results/ablation.md
 	$(MAKE) compare
 
-compare: $(STAMP) ## results/ablation.md: both runs side by side with the paper's Table 2
-	$(CLI) compare runs/fit/version_0 runs/unet/version_0 --out results/ablation.md --plot docs/curves.png
+compare: $(STAMP) ## results/ablation.md: the runs side by side with the paper's Table 2 (the DiT's too once trained)
+	$(CLI) compare runs/fit/version_0 runs/unet/version_0 $(wildcard runs/dit/version_0) --out results/ablation.md --plot docs/curves.png
 
 tensorboard: $(STAMP) ## serve TensorBoard on runs/ (http://localhost:6006)
 	$(VENV)/bin/tensorboard --logdir runs --port 6006

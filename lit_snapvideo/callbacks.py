@@ -274,15 +274,13 @@ class SampleQuality(L.Callback):
         self.last_step = -1
 
     def on_fit_start(self, trainer: L.Trainer, module: Any) -> None:
-        from .data.datasets import load_records
-        from .data.shapes import is_shapes_caption
+        from .data.shapes import foreign_caption
         from .metrics.probe import probe_for  # lazy: metrics/ loads only when quality is logged
 
         if not (trainer.is_global_zero or module.sharded):  # rank 0 samples and scores
             return
         cfg = module.cfg
-        train, val = load_records(cfg.data.root, cfg.data.manifest)
-        if not all(is_shapes_caption(r.caption) for r in train + val):  # the probe's labels are those captions
+        if foreign_caption(cfg.data.root, cfg.data.manifest) is not None:  # the probe's labels are those captions
             if trainer.is_global_zero:
                 log.warning("logging.quality_every_n_steps: skipped, %s is not the moving-shapes set", cfg.data.root)
             return

@@ -53,7 +53,7 @@ class ModelConfig:
     overrides: Dict[str, Any] = field(default_factory=dict)  # constructor kwargs replacing the preset's
     grad_checkpointing: bool = False  # recompute each block in backward (memory for time)
     compile: bool = False  # torch.compile the backbone only (never the LightningModule)
-    # a stage-1 FIT checkpoint a fresh run starts from (models/upsampler.py: init_from_stage1; the report goes to
+    # a stage-1 FIT checkpoint a fresh run starts from (models/init_from.py: init_from_stage1; the report goes to
     # the log and init_report.json in the run directory); a resumed run ignores it
     init_from: Optional[str] = None
 

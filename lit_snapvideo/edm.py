@@ -201,7 +201,7 @@ class SnapEDM:
     ) -> tuple[Tensor, dict]:
         """Per-element F-space loss w * (F - target)^2, shape of x; the caller reduces it.
 
-        Returns (loss, info) with info = {"sigma": (B,), "state": net state, "F": F}. sigma and eps are drawn
+        Returns (loss, info) with info = {"sigma": (B,), "state": net state, "F": F, "x_sigma": the noisy input}. sigma and eps are drawn
         (log-normal, Gaussian) when not given."""
         x = x.to(self.dtype)
         if sigma is None:
@@ -213,4 +213,4 @@ class SnapEDM:
         F, state = self.network_output(net, x_sigma, sigma, sigma_in, **cond)
         target = self.target(x, sigma, eps, sigma_in)
         w = self._per_sample(self.f_weight(sigma, sigma_in), x)
-        return w * (F - target) ** 2, {"sigma": sigma, "state": state, "F": F}
+        return w * (F - target) ** 2, {"sigma": sigma, "state": state, "F": F, "x_sigma": x_sigma}

@@ -230,7 +230,7 @@ def fit(
         log.info("resuming from %s", ckpt_path)
     init_report = None
     if cfg.model.init_from and not ckpt_path:  # a fresh run starts from stage-1 weights (the paper's upsampler)
-        from .models.upsampler import init_from_stage1
+        from .models.init_from import init_from_stage1
 
         init_report = init_from_stage1(module.backbone, cfg.model.init_from)
         module.ema_backbone.load_state_dict(module.backbone.state_dict())
@@ -309,6 +309,11 @@ def write_summary(
         "videos_seen": float(module.videos_seen),
         "wall_time_s": round(wall.seconds() + earlier, 1),  # every segment, killed ones up to their checkpoint
         "final_val_loss": float(val) if val is not None else None,
+        "final_object_recovered": {  # per sigma, the last validation's (metrics/objects.py); {} off the embedded set
+            key.rsplit("_", 1)[1]: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith("val/object_recovered_sigma_")
+        },
         "train_ms_per_video": parts["throughput"].median_ms_per_video() or previous.get("train_ms_per_video"),
         "infer_ms_per_video_per_eval": (min(infer) if infer else previous.get("infer_ms_per_video_per_eval")),
         "nonfinite_steps": module.nonfinite_total,

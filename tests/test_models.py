@@ -19,7 +19,7 @@ from lit_snapvideo.models.presets import (
 )
 
 TEXT_DIM = 24
-TINY = ("fit_tiny", "unet_tiny")
+TINY = ("fit_tiny", "unet_tiny", "dit_tiny")
 TINY_CLIP = dict(frames=8, size=(16, 16))
 
 
@@ -112,7 +112,7 @@ def test_every_parameter_gets_a_finite_gradient(preset):
     out, _ = model(x, c_noise, cond, self_cond)
     out.square().mean().add(out.mean()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    last = model.out_proj if preset.startswith("fit") else model.out[-1]
+    last = model.out_proj if hasattr(model, "out_proj") else model.out[-1]
     assert last.weight.grad.abs().sum() > 0  # F = 0 at init, yet the output layer learns at once
 
     model.zero_grad()
@@ -293,6 +293,7 @@ FIT_OPTIONS = {
     "pooled_text": dict(sigma_modulation=True, pooled_text=True),
     "cross_heads": dict(cross_heads=4),
     "patch_1x2x2": dict(patch_size=(1, 2, 2), group_size=(8, 4, 4)),
+    "conv_stem": dict(conv_stem=4),
 }
 
 
@@ -383,3 +384,51 @@ def test_paper_fit_presets_keep_table_8():
         model = build_backbone(preset, 1024, device="meta")
         assert not model.final_local and model.modulation is None and model.pos_kind == "learned"
         assert all(not b.local and b.patch_conv is None and not b.read_first for b in model.blocks)
+
+
+# ---- the DiT control (models/dit.py) ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [dict(pos_kind="rope"), dict(conv_stem=4), dict(patch_size=(1, 2, 2))])
+def test_dit_options_shapes_zero_init_and_gradients(options):
+    model = tiny("dit_tiny", **options)
+    x, c_noise, cond = inputs(2)
+    out, state = model(x, c_noise, cond)
+    assert out.shape == x.shape and state is None and torch.equal(out, torch.zeros_like(out))
+    perturb_(model)
+    model(x, c_noise, cond)[0].pow(2).mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
+def test_dit_attends_over_the_whole_clip():
+    """Every patch reads every other: changing the last frame's pixels changes the first frame's output."""
+    model = tiny("dit_tiny").eval()
+    perturb_(model)
+    x, c_noise, cond = inputs(1)
+    base = model(x, c_noise, cond)[0]
+    moved = x.clone()
+    moved[:, :, -1] += 1.0
+    assert not torch.allclose(model(moved, c_noise, cond)[0][:, :, 0], base[:, :, 0], atol=1e-5)
+
+
+def test_axial_rope_scores_depend_on_relative_positions_only():
+    """<R(p) q, R(p') k> is a function of p - p': shifting both tokens along any axis keeps the score."""
+    from lit_snapvideo.models.dit import apply_rope, axial_rope_angles
+
+    grid, head_dim = (4, 5, 6), 16
+    angles = axial_rope_angles(grid, head_dim)  # (120, 8)
+    assert angles.shape == (math.prod(grid), head_dim // 2)
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+    rotated_q = apply_rope(q.expand(1, 1, angles.shape[0], head_dim), angles)[0, 0]  # (N, d)
+    rotated_k = apply_rope(k.expand(1, 1, angles.shape[0], head_dim), angles)[0, 0]
+
+    def index(t, h, w):
+        return (t * grid[1] + h) * grid[2] + w
+
+    def score(a, b):
+        return rotated_q[index(*a)] @ rotated_k[index(*b)]
+
+    torch.testing.assert_close(score((0, 1, 2), (2, 3, 1)), score((1, 2, 4), (3, 4, 3)))
+    assert not torch.allclose(score((0, 1, 2), (2, 3, 1)), score((0, 1, 2), (2, 3, 4)))
+    assert torch.allclose(rotated_q.norm(dim=-1), q.norm().expand(angles.shape[0]))  # a rotation

@@ -62,14 +62,14 @@ def test_a_registered_toy_backbone_trains_through_the_cli(shapes_root, tmp_path,
     # the entry gone, its checkpoint is refused with the kinds there are
     capsys.readouterr()
     assert main(["sample", str(run_dir / "checkpoints" / "last.ckpt"), "--prompt", "x", "--out", str(tmp_path)]) == 2
-    assert "or a backbone kind at its defaults: fit, fit_upsampler, unet" in capsys.readouterr().err
+    assert "or a backbone kind at its defaults: fit, fit_upsampler, dit, unet" in capsys.readouterr().err
 
 
 def test_a_preset_of_an_unregistered_kind_names_the_known_kinds(monkeypatch, shapes_root, tmp_path):
     cfg = load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny"))
     monkeypatch.setitem(presets.PRESETS, "ghost_tiny", {"kind": "ghost"})
     cfg.model.preset = "ghost_tiny"
-    with pytest.raises(ValueError, match="unknown backbone kind 'ghost'; known kinds: fit, fit_upsampler, unet"):
+    with pytest.raises(ValueError, match="unknown backbone kind 'ghost'; known kinds: fit, fit_upsampler, dit, unet"):
         module_for(cfg)
 
 
@@ -83,5 +83,5 @@ def test_registry_entries_carry_what_differs_between_the_paper_kinds():
     assert fit.clip_overrides(arguments, 8, (72, 128)) == {"input_size": (8, 72, 128), "group_size": (8, 5, 4)}
     assert unet.size_multiple(presets.preset_kwargs("unet_284m")[1]) == (8, 8)
     assert unet.clip_overrides({}, 8, (72, 128)) == {}
-    with pytest.raises(ValueError, match="unknown backbone kind 'toy'; known kinds: fit, fit_upsampler, unet"):
+    with pytest.raises(ValueError, match="unknown backbone kind 'toy'; known kinds: fit, fit_upsampler, dit, unet"):
         registry.backbone("toy")

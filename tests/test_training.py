@@ -115,6 +115,7 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
                 "trainer.val_every_n_steps": 2,
                 "logging.sample_every_n_steps": 2,
                 "logging.experiment": "tb",
+                "data.limit_val_clips": 4,  # the first two have checkered backgrounds: no object metrics
                 "logging.quality_every_n_steps": 2,
                 "logging.quality_num_videos": 2,
                 "logging.quality_steps": 2,
@@ -137,6 +138,9 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
         "quality/color_accuracy",
         "quality/shape_accuracy",
         "quality/probe_fvd",
+        "val/object_recovered_sigma_1",
+        "val/object_mse_sigma_1",
+        "val/background_mse_sigma_3",
     ):
         assert tag in scalars, (tag, sorted(scalars))
     assert any(t.startswith("train/loss_sigma_q") for t in scalars)
@@ -146,6 +150,8 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
     assert "1. a red circle moving left on a black background" in legend
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["final_val_loss"] > 0 and summary["train_ms_per_video"] > 0
+    recovered = events.Scalars("val/object_recovered_sigma_1")[-1].value
+    assert summary["final_object_recovered"]["1"] == pytest.approx(recovered, abs=1e-6)
     assert summary["clip"] == [cfg.data.frames, *cfg.data.pad_to]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (run_dir / "samples").glob("*.gif")) == ["step_000002.gif", "step_000004.gif"]

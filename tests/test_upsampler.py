@@ -13,7 +13,8 @@ from lit_snapvideo.cli import main
 from lit_snapvideo.config import ConfigError, load_config
 from lit_snapvideo.models.presets import build_backbone, count_parameters, example_inputs, forward_flops
 from lit_snapvideo.models.registry import kind_of
-from lit_snapvideo.models.upsampler import FITUpsampler, init_from_stage1
+from lit_snapvideo.models.init_from import init_from_stage1
+from lit_snapvideo.models.upsampler import FITUpsampler
 from lit_snapvideo.safe_load import CheckpointError
 
 TEXT_DIM = 16

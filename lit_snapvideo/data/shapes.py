@@ -112,6 +112,15 @@ def parse_caption(caption: str) -> dict:
     return {**objects[0], "background": background[1], "objects": objects}
 
 
+def foreign_caption(root: str | Path, manifest: Optional[str] = None) -> Optional[str]:
+    """The first caption of the data set at ``root`` that is not in the moving-shapes grammar, or None when every
+    caption is (the embedded set: the probe's labels and the object metrics' plain backgrounds hold)."""
+    from .datasets import load_records  # lazy: datasets reads this module's grammar
+
+    train, val = load_records(root, manifest)
+    return next((r.caption for r in train + val if not is_shapes_caption(r.caption)), None)
+
+
 def is_shapes_caption(caption: str) -> bool:
     """Whether ``caption`` is in the moving-shapes grammar (:func:`parse_caption` reads it)."""
     try:

@@ -53,6 +53,7 @@ from .layers import (
     LN_EPS,
     AdaLNModulation,
     ConditioningEmbedding,
+    ConvStem,
     TransformerLayer,
     feed_forward,
     modulate,
@@ -183,6 +184,8 @@ class FIT(nn.Module):
     * ``pooled_text``: the masked mean text token joins the modulation's conditioning vector (Imagen's pooled
       text, as the CPU U-Net has; DiT modulates with its class label the same way); needs ``sigma_modulation``.
     * ``cross_heads``: heads of the read and the write (default min(patch heads, latent heads)).
+    * ``conv_stem``: channels of full-resolution 3x3x3 convolution features concatenated with the pixels before
+      the patch embedding (layers.ConvStem: each patch token sees its neighbourhood); the output is unchanged.
     A smaller patch (``patch_size=(1, 2, 2)``, DiT / U-ViT) needs no option, only a ``group_size`` to match.
     """
 
@@ -217,6 +220,7 @@ class FIT(nn.Module):
         sigma_modulation: bool = False,
         cross_heads: int | None = None,
         pooled_text: bool = False,
+        conv_stem: int = 0,
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -239,7 +243,9 @@ class FIT(nn.Module):
             )
 
         patch_volume = in_channels * math.prod(self.patch_size)
-        self.patch_embed = nn.Sequential(nn.Linear(patch_volume, patch_dim), nn.LayerNorm(patch_dim, eps=LN_EPS))
+        self.stem = ConvStem(in_channels, conv_stem) if conv_stem else None
+        embedded = (in_channels + conv_stem) * math.prod(self.patch_size)
+        self.patch_embed = nn.Sequential(nn.Linear(embedded, patch_dim), nn.LayerNorm(patch_dim, eps=LN_EPS))
         self.pos_kind = pos_kind
         self.pos_embed = nn.Parameter(torch.randn(*grid, patch_dim) * pos_init_std)  # (Tp, Hp, Wp, Dp)
         self.latent_embed = nn.Parameter(torch.randn(num_latents, latent_dim) * latent_init_std)  # (N, Dl)
@@ -326,6 +332,8 @@ class FIT(nn.Module):
         (pt, ph, pw), (gt, gh, gw) = self.patch_size, self.group_size
         layout = dict(nt=nt, nh=nh, nw=nw, gt=gt, gh=gh, gw=gw)
 
+        if self.stem is not None:
+            x = self.stem(x)
         patches = rearrange(
             x,
             "b c (nt gt pt) (nh gh ph) (nw gw pw) -> b (nt nh nw) (gt gh gw) (pt ph pw c)",

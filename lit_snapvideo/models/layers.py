@@ -8,6 +8,7 @@
 * :class:`Attention`: multi-head (cross-)attention through ``F.scaled_dot_product_attention`` with a key mask.
 * :class:`TransformerLayer`: pre-LN ``x + Attn(LN(x), LN(ctx))`` then ``x + FFN(LN(x))`` (pix2seq's layer).
 * :func:`feed_forward`: timm's ``Mlp`` (Linear -> GELU -> Dropout -> Linear).
+* :class:`ConvStem`: full-resolution 3x3x3 convolutions concatenated to the input of a patch transformer (FIT, DiT).
 
 The paper leaves the scalar embeddings unspecified (§9 item 1). Choices here:
 * sigma: ``c_noise = ln(sigma)/4`` (given by the caller) scaled by 1000 (pix2seq's ScalarEmbedding scaling,
@@ -254,3 +255,21 @@ def sincos_embedding_3d(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
         shape[axis] = size
         tables.append(emb.view(shape).expand(*grid, width))
     return torch.cat(tables, dim=-1) * math.sqrt(2.0)
+
+
+class ConvStem(nn.Module):
+    """Full-resolution local features for a patch transformer ("early convolutions", Xiao et al. 2021).
+
+    x (B, C, T, H, W) -> (B, C + channels, T, H, W): the input with two 3x3x3 convolutions of it (SiLU between)
+    concatenated, so each patch token is embedded from its neighbourhood, not from its own noisy pixels alone. The
+    output stays the transformer's own patch projection: a skip from these features to the output would pass the
+    input noise through (docs/decisions.md, issue 27)."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv3d(in_channels, channels, 3, padding=1), nn.SiLU(), nn.Conv3d(channels, channels, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.convs(x)], dim=1)

@@ -138,6 +138,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sigma_modulation": True,
     },
     "unet_mini": {**_UNET_SMALL, "attention_resolutions": (32, 16, 8), "pooled_text": True},
+    # the control (models/dit.py): fit_mini's patches and conditioning width at about its forward FLOPs, every patch
+    # attending to every other one (480 tokens at 8 x 24 x 40)
+    "dit_mini": dict(kind="dit", input_size=(8, 24, 40), patch_size=(1, 4, 4), dim=64, depth=5, head_dim=32),
+    "dit_tiny": dict(
+        kind="dit", input_size=(8, 16, 16), patch_size=(1, 4, 4), dim=32, depth=2, head_dim=16, cond_dim=32
+    ),
     "fit_tiny": _FIT_TINY,
     # the unit tests' upsampler: fit_tiny's widths (a fit_tiny checkpoint initialises it), 8 x 16 x 32 -> 8 x 32 x 64
     "fit_up_tiny": {

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from .. import paper
+from .dit import DiT
 from .fit import FIT
 from .unet3d import UNet3D
 from .upsampler import FITUpsampler
@@ -98,6 +99,16 @@ def _upsampler_tile(arguments: dict) -> Size:
     return tuple(math.lcm(t, arguments["scale"]) for t in _fit_tile(arguments))
 
 
+def _patch_tile(arguments: dict) -> Size:
+    """A DiT's patch in pixels (H, W)."""
+    return tuple(arguments["patch_size"][1:])
+
+
+def _learned_table_clip(arguments: dict, frames: int, size: Size) -> dict:
+    """A DiT learns its positional table at ``input_size``."""
+    return {"input_size": (frames, *size)}
+
+
 def _unet_tile(arguments: dict) -> Size:
     """The U-Net halves H and W at each of its levels but the last."""
     return (2 ** (len(arguments["channel_mult"]) - 1),) * 2
@@ -121,6 +132,14 @@ BACKBONES: dict[str, Backbone] = {
         size_multiple=_upsampler_tile,
         clip_overrides=_fit_clip,
         upsampler=True,
+    ),
+    # the control transformer (models/dit.py); not in the paper: DiT's own recipe (AdamW, 1e-4, no weight decay)
+    "dit": Backbone(
+        DiT,
+        {"name": "adamw", "lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.0},
+        text_dim=conditioning_text_dim,
+        size_multiple=_patch_tile,
+        clip_overrides=_learned_table_clip,
     ),
     # Table 9's "Adam" with decoupled weight decay: torch's L2 decay zeroed the U-Net's text attention (README)
     "unet": Backbone(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import resource
 import statistics
 import time
@@ -305,6 +306,8 @@ class SampleQuality(L.Callback):
             "quality/probe_fvd": metrics["probe/fvd"],
             "quality/temporal_consistency": metrics["probe/temporal_consistency"],
         }
+        if math.isfinite(metrics["probe/direction_accuracy"]):  # NaN when no prompt names a direction
+            values["quality/direction_accuracy"] = metrics["probe/direction_accuracy"]
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
 

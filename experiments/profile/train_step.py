@@ -20,10 +20,20 @@ from torch.profiler import ProfilerActivity, profile
 from lit_snapvideo.bench import build_bench_module
 
 
-def make_step(preset: str, batch: int, frames: int, size: tuple[int, int], channels_last: bool = False):
-    """A closure running one training step (loss, backward, clip, AdamW) of ``preset``, as `bench` times it."""
+def make_step(
+    preset: str,
+    batch: int,
+    frames: int,
+    size: tuple[int, int],
+    channels_last: bool = False,
+    compile_options: dict | None = None,
+):
+    """A closure running one training step (loss, backward, clip, AdamW) of ``preset``, as `bench` times it;
+    ``compile_options``: torch.compile the backbone with them (experiments/profile/compile_step.py)."""
     torch.manual_seed(0)
     module, forward = build_bench_module(preset, frames, size, "cpu")
+    if compile_options is not None:
+        forward = torch.compile(module.backbone, **compile_options)
     if channels_last:  # only the 5-D (Conv3d) weights have a channels-last layout
         for conv in (m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv3d)):
             conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last_3d)

@@ -32,6 +32,7 @@ from .config import ConfigError, save_config
 from .data.datamodule import EDMDataModule
 from .module import EDMVideoModule, module_for, state_dict_mismatch
 from .models.presets import forward_flops
+from .run_lock import LOCK_NAME, NEW_VERSION_LOCK, FolderLock
 from .safe_load import CheckpointError, load_checkpoint_file
 from .sharding import STRATEGY as FSDP, fsdp_strategy
 
@@ -209,51 +210,97 @@ def fit(
 ) -> Path:
     """Train ``cfg``; returns the run directory. ``resume``: continue from ``last.ckpt`` when it exists.
 
-    Under DDP every rank runs this function; rank 0 alone writes config.yaml and summary.json (Lightning writes the
-    checkpoints and the logs from rank 0)."""
-    if new_version:
-        if VERSION_ENV not in os.environ and launched_ranks() > 1:
-            raise ConfigError(
-                "--new-version: each process of a torchrun / srun launch would pick its own version "
-                "folder; name the run with logging.version=... instead"
-            )
-        cfg.logging.version = os.environ.get(VERSION_ENV) or next_free_version(cfg)
-    run_dir = run_dir_of(cfg)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    set_cpu_threads(cfg)
-    datamodule = EDMDataModule(cfg)
-    module = module_for(cfg)(cfg)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if resume and last.exists() else None
-    if ckpt_path:
-        check_resume(cfg, module, last)  # a foreign or other-model checkpoint leaves the run as it was
-        log.info("resuming from %s", ckpt_path)
-    init_report = None
-    if cfg.model.init_from and not ckpt_path:  # a fresh run starts from stage-1 weights (the paper's upsampler)
-        from .models.upsampler import init_from_stage1
-
-        init_report = init_from_stage1(module.backbone, cfg.model.init_from)
-        module.ema_backbone.load_state_dict(module.backbone.state_dict())
-    created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # what this start makes
-    trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
-    hand_over = new_version and trainer.is_global_zero and VERSION_ENV not in os.environ
-    if hand_over:  # the launcher's processes inherit the environment
-        os.environ[VERSION_ENV] = str(cfg.logging.version)
+    The run folder is locked for the whole run (run_lock.py): a second ``fit`` of it is refused with
+    :class:`~lit_snapvideo.run_lock.RunInUseError`. Under DDP every rank runs this function; rank 0 alone takes
+    the lock and writes config.yaml and summary.json (Lightning writes the checkpoints and the logs from rank 0)."""
+    if new_version and VERSION_ENV not in os.environ and launched_ranks() > 1:
+        raise ConfigError(
+            "--new-version: each process of a torchrun / srun launch would pick its own version "
+            "folder; name the run with logging.version=... instead"
+        )
+    if new_version and VERSION_ENV in os.environ:  # a process of a DDP launch: rank 0 picked the version
+        cfg.logging.version = os.environ[VERSION_ENV]
+    if not launch_rank_zero():  # rank 0 holds the lock
+        if new_version and VERSION_ENV not in os.environ:
+            cfg.logging.version = next_free_version(cfg)
+        return _fit_locked(cfg, resume, new_version, enable_progress_bar, [], **trainer_overrides)
+    if new_version and VERSION_ENV not in os.environ:
+        experiment_dir = run_dir_of(cfg).parent
+        created = folders_to_create(experiment_dir)
+        with FolderLock(experiment_dir / NEW_VERSION_LOCK, wait=True):  # one pick at a time: each claims its number
+            cfg.logging.version = next_free_version(cfg)
+            created.insert(0, run_dir_of(cfg))
+            lock = FolderLock(run_dir_of(cfg) / LOCK_NAME, hint=IN_USE_HINT).acquire()
+    else:
+        created = folders_to_create(run_dir_of(cfg))
+        lock = FolderLock(run_dir_of(cfg) / LOCK_NAME, hint=IN_USE_HINT).acquire()
     try:
-        if trainer.is_global_zero:
-            save_config(cfg, run_dir)
-            if init_report is not None:
-                report = {"init_from": cfg.model.init_from, **init_report}
-                (run_dir / "init_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except Exception:
-        if trainer.is_global_zero and trainer.global_step == 0:  # bad data or config found late: nothing to keep
-            remove_stray_run(run_dir, created)
-        raise
+        return _fit_locked(cfg, resume, new_version, enable_progress_bar, created, **trainer_overrides)
     finally:
-        if hand_over:
-            os.environ.pop(VERSION_ENV, None)
+        lock.release()
+
+
+IN_USE_HINT = "wait for it to end, stop it, or start a fresh run with --new-version"
+
+
+def launch_rank_zero() -> bool:
+    """Whether this process is rank 0 of its launch (or launched alone): the environment variables that torchrun,
+    SLURM and Lightning's DDP launcher set for the other ranks are all 0 or unset."""
+    return all(int(os.environ.get(v) or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def folders_to_create(run_dir: Path) -> list[Path]:
+    """The run folder and those of its parents that do not exist yet (deepest first): what a start makes."""
+    return [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
+
+
+def _fit_locked(
+    cfg: DictConfig,
+    resume: bool,
+    new_version: bool,
+    enable_progress_bar: bool,
+    created: list[Path],
+    **trainer_overrides,
+) -> Path:
+    """:func:`fit` once the run folder is claimed; ``created``: the folders this start made (a start that fails
+    before its first step removes them)."""
+    run_dir = run_dir_of(cfg)
+    trainer = None
+    try:
+        L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+        set_cpu_threads(cfg)
+        datamodule = EDMDataModule(cfg)
+        module = module_for(cfg)(cfg)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if resume and last.exists() else None
+        if ckpt_path:
+            check_resume(cfg, module, last)  # a foreign or other-model checkpoint leaves the run as it was
+            log.info("resuming from %s", ckpt_path)
+        init_report = None
+        if cfg.model.init_from and not ckpt_path:  # a fresh run starts from stage-1 weights (the paper's upsampler)
+            from .models.upsampler import init_from_stage1
+
+            init_report = init_from_stage1(module.backbone, cfg.model.init_from)
+            module.ema_backbone.load_state_dict(module.backbone.state_dict())
+        trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
+        hand_over = new_version and trainer.is_global_zero and VERSION_ENV not in os.environ
+        if hand_over:  # the launcher's processes inherit the environment
+            os.environ[VERSION_ENV] = str(cfg.logging.version)
+        try:
+            if trainer.is_global_zero:
+                save_config(cfg, run_dir)
+                if init_report is not None:
+                    report = {"init_from": cfg.model.init_from, **init_report}
+                    (run_dir / "init_report.json").write_text(json.dumps(report, indent=2) + "\n")
+            # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        finally:
+            if hand_over:
+                os.environ.pop(VERSION_ENV, None)
+    except Exception:
+        if (trainer is None or trainer.is_global_zero) and (trainer is None or trainer.global_step == 0):
+            remove_stray_run(run_dir, created)  # bad data or config found late: nothing to keep
+        raise
     if trainer.is_global_zero:
         write_summary(run_dir, cfg, module, trainer, parts, resumed=ckpt_path is not None)
     return run_dir
@@ -265,7 +312,14 @@ def launched_ranks() -> int:
 
 
 # what a start writes before its first step; a folder holding anything else is never removed
-STRAY_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*", "data_trace.tsv", "init_report.json")
+STRAY_FILES = (
+    "config.yaml",
+    "hparams.yaml",
+    "events.out.tfevents.*",
+    "data_trace.tsv",
+    "init_report.json",
+    LOCK_NAME,
+)
 
 
 def remove_stray_run(run_dir: Path, created: list[Path]) -> None:

@@ -1,11 +1,26 @@
 """Shared test settings: CPU only, offline, small thread count, deterministic seeds."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub look-ups stall ~50 s each without network
 
 import pytest
 import torch
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_environment() -> dict:
+    """The environment of a ``python -m lit_snapvideo`` test process: offline, one thread, this checkout first."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+CLI = [sys.executable, "-m", "lit_snapvideo"]
 
 
 @pytest.fixture(autouse=True)

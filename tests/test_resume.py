@@ -6,7 +6,6 @@ The schedule: 24 training clips in batches of 4 (an epoch is 6 steps), validatio
 every 5 steps. The run stops after step 5 (no multiple of 6 or 4), resumes and crosses two epoch boundaries."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import cli_environment, tiny_overrides
 from lit_snapvideo.callbacks import read_data_trace
 from lit_snapvideo.config import load_config
 from lit_snapvideo.module import EDMVideoModule
 from lit_snapvideo.train import fit
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS, STOP_AFTER = 14, 5
 SCHEDULE = {
     "data.batch_size": 4,
@@ -123,17 +121,11 @@ def _fit_command(shapes_root, runs: Path, name: str) -> list[str]:
     ]
 
 
-def _environment() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_mid_epoch(shapes_root, tmp_path):
     """Real processes: an uninterrupted run; a run killed with SIGKILL in step 7 or 8 (last.ckpt holds step 5;
     the next save comes with the validation after step 8), rerun to the end."""
-    env = _environment()
+    env = cli_environment()
     straight = subprocess.run(
         _fit_command(shapes_root, tmp_path, "straight"), env=env, capture_output=True, text=True, timeout=600
     )

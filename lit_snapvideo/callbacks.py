@@ -33,11 +33,42 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     ``every_n_steps`` steps (0: never) and at the end of training. Lightning 2.6's ``save_last`` rewrites last.ckpt
     only at a step where a top-k file was saved, and at the end only if it never wrote one: a run whose validation loss
     stopped improving left a stale last.ckpt (resume and ``evaluate`` then used old weights). Lightning writes both
-    files atomically (temp file, then rename)."""
+    files atomically (temp file, then rename).
+
+    The two names are fixed: no ``last-v1.ckpt`` beside a ``last.ckpt`` (Lightning's version counter made one when
+    a run folder had moved, and the next resume read the older file). A checkpoint from the run's earlier place
+    names its files there; :meth:`load_state_dict` reads those names as the files of this folder."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 0):
-        super().__init__(dirpath=dirpath, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+        super().__init__(
+            dirpath=dirpath,
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            save_last=True,
+            enable_version_counter=False,
+        )
         self.every_n_steps = every_n_steps
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # a moved or copied run folder: its best/last are the files of the same name here (else Lightning forgets
+        # the best score, and the first validation after the move overwrites best.ckpt whatever its loss)
+        before = state_dict.get("dirpath")
+        if before and self.dirpath and before != self.dirpath:
+
+            def here(path: Any) -> Any:
+                return str(Path(self.dirpath) / Path(path).name) if path else path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": here(state_dict.get("best_model_path")),
+                "kth_best_model_path": here(state_dict.get("kth_best_model_path")),
+                "last_model_path": here(state_dict.get("last_model_path")),
+                "best_k_models": {here(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
+        super().load_state_dict(state_dict)
 
     def _save_last_if_stale(self, trainer: L.Trainer) -> None:
         # _should_skip_saving_checkpoint: fast_dev_run, sanity check, not fitting, or already saved at this step

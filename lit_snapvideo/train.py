@@ -41,6 +41,8 @@ log = logging.getLogger("lit_snapvideo")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # the DataModule's stream position (in every checkpoint) makes the training loader resumable mid-epoch
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+# a resumed run's checkpoints folder holds its checkpoints; best.ckpt and last.ckpt are rewritten in place
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 # the version rank 0 picked for --new-version, for the ranks Lightning's DDP launcher starts by rerunning the command

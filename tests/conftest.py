@@ -88,3 +88,15 @@ def tiny_checkpoint(shapes_root, tmp_path_factory):
     )
     run_dir = fit(cfg, enable_progress_bar=False)
     return run_dir / "checkpoints" / "last.ckpt"
+
+
+def max_state_difference(a: dict, b: dict) -> float:
+    """Largest absolute difference between two checkpoints over the weights (live and EMA, videos_seen) and the
+    optimiser state."""
+    import torch
+
+    assert set(a["state_dict"]) == set(b["state_dict"])
+    pairs = [(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]]
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        pairs += [(sa[k], sb[k]) for k in sa if torch.is_tensor(sa[k])]
+    return max(float((x.double() - y.double()).abs().max()) for x, y in pairs)

@@ -25,11 +25,22 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import BestAndLastCheckpoint, DataTrace, SampleQuality, SampleVideos, SkippedFiles, Throughput, WallTime
+from .callbacks import (
+    BestAndLastCheckpoint,
+    DataTrace,
+    SampleQuality,
+    SampleVideos,
+    SkippedFiles,
+    Throughput,
+    TrainingStopped,
+    WallTime,
+)
 from .config import ConfigError, save_config
 from .data.datamodule import EDMDataModule
+from .results import write_json_atomic
 from .module import EDMVideoModule, module_for, state_dict_mismatch
 from .models.presets import forward_flops
 from .run_lock import LOCK_NAME, NEW_VERSION_LOCK, FolderLock
@@ -299,6 +310,12 @@ def _fit_locked(
         finally:
             if hand_over:
                 os.environ.pop(VERSION_ENV, None)
+    except (TrainingStopped, SIGTERMException) as stop:  # SIGTERMException: Lightning's stop of every DDP rank
+        if not isinstance(stop, TrainingStopped):
+            stop = TrainingStopped("SIGTERM", trainer.global_step, run_dir / "checkpoints" / "last.ckpt", saved=False)
+        if trainer.is_global_zero:
+            write_summary(run_dir, cfg, module, trainer, parts, ckpt_path is not None, stop.signal_name)
+        raise stop from None
     except Exception:
         if (trainer is None or trainer.is_global_zero) and (trainer is None or trainer.global_step == 0):
             remove_stray_run(run_dir, created)  # bad data or config found late: nothing to keep
@@ -341,12 +358,35 @@ def remove_stray_run(run_dir: Path, created: list[Path]) -> None:
     log.info("removed %s: the start failed before its first step", run_dir)
 
 
+def read_summary(path: Path) -> dict:
+    """A run's summary.json, or {} when there is none or it is damaged (with a warning naming it: the next
+    write_summary replaces it)."""
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("%s: unreadable (%s); writing a new one", path, str(err).splitlines()[0] if str(err) else err)
+        return {}
+    if not isinstance(summary, dict):
+        log.warning("%s: not a JSON object; writing a new one", path)
+        return {}
+    return summary
+
+
 def write_summary(
-    run_dir: Path, cfg: DictConfig, module: EDMVideoModule, trainer: L.Trainer, parts: dict, resumed: bool = False
+    run_dir: Path,
+    cfg: DictConfig,
+    module: EDMVideoModule,
+    trainer: L.Trainer,
+    parts: dict,
+    resumed: bool = False,
+    stopped_by: Optional[str] = None,
 ) -> dict:
-    """summary.json: what `make compare` tabulates (parameters, steps, wall time, losses, ms/video)."""
+    """summary.json: what `make compare` tabulates (parameters, steps, wall time, losses, ms/video), written
+    atomically (a temporary file, then a rename). ``stopped_by``: the signal that ended this segment, if any."""
     path = run_dir / "summary.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous = read_summary(path)
     val = trainer.callback_metrics.get("val/loss")
     infer = parts["samples"].infer_ms_per_video_per_eval
     wall = parts["wall_time"]
@@ -378,6 +418,7 @@ def write_summary(
         "precision": trainer.precision,
         "device": str(module.device),
         "run_dir": str(run_dir),
+        "stopped_by": stopped_by,  # null: training ran to max_steps / max_time
     }
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(path, summary, nonfinite="null")  # a diverged run still gets its summary
     return summary

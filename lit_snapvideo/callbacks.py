@@ -11,7 +11,9 @@ import hashlib
 import logging
 import math
 import resource
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -34,37 +36,147 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     ``every_n_steps`` steps (0: never) and at the end of training. Lightning 2.6's ``save_last`` rewrites last.ckpt
     only at a step where a top-k file was saved, and at the end only if it never wrote one: a run whose validation loss
     stopped improving left a stale last.ckpt (resume and ``evaluate`` then used old weights). Lightning writes both
-    files atomically (temp file, then rename)."""
+    files atomically (temp file, then rename).
+
+    The two names are fixed: no ``last-v1.ckpt`` beside a ``last.ckpt`` (Lightning's version counter made one when
+    a run folder had moved, and the next resume read the older file). A checkpoint from the run's earlier place
+    names its files there; :meth:`load_state_dict` reads those names as the files of this folder."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 0):
-        super().__init__(dirpath=dirpath, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+        super().__init__(
+            dirpath=dirpath,
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            save_last=True,
+            enable_version_counter=False,
+        )
         self.every_n_steps = every_n_steps
+        self.stop_request = StopRequest()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # a moved or copied run folder: its best/last are the files of the same name here (else Lightning forgets
+        # the best score, and the first validation after the move overwrites best.ckpt whatever its loss)
+        before = state_dict.get("dirpath")
+        if before and self.dirpath and before != self.dirpath:
+
+            def here(path: Any) -> Any:
+                return str(Path(self.dirpath) / Path(path).name) if path else path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": here(state_dict.get("best_model_path")),
+                "kth_best_model_path": here(state_dict.get("kth_best_model_path")),
+                "last_model_path": here(state_dict.get("last_model_path")),
+                "best_k_models": {here(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
+        super().load_state_dict(state_dict)
 
     def _save_last_if_stale(self, trainer: L.Trainer) -> None:
         # _should_skip_saving_checkpoint: fast_dev_run, sanity check, not fitting, or already saved at this step
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop_request.install(trainer.world_size)
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.every_n_steps <= 0 or trainer.global_step % self.every_n_steps:
-            return
         # Lightning's own test for a validation after this batch; that one saves (a save now would block best.ckpt)
         validates = (
             trainer.enable_validation
             and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0
         )
-        if not validates:
+        stopping = self.stop_request.stops(trainer)
+        if not validates and (stopping or (self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0)):
             self._save_last_if_stale(trainer)
+        if stopping and not validates:  # at a validation step the stop comes after it, with its save
+            self._stop(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         self._save_last_if_stale(trainer)
+        if self.stop_request.stops(trainer):
+            self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        # every callback has seen this step (Lightning runs the checkpoint callbacks last), and last.ckpt holds it
+        raise TrainingStopped(self.stop_request.signal, trainer.global_step, Path(self.last_model_path))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save_last_if_stale(trainer)
+        self.stop_request.restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.stop_request.restore()
+
+
+class TrainingStopped(Exception):
+    """Training stopped at a step boundary on SIGTERM or SIGINT, after writing ``checkpoint`` (that step's
+    state); the command line exits with 128 + the signal's number (143, 130)."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path, saved: bool = True) -> None:
+        holds = "holds that step" if saved else "holds the last save before it (DDP stops without a new one)"
+        super().__init__(f"stopped by {signal_name} at step {step}; {checkpoint} {holds}")
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + int(getattr(signal, self.signal_name))
+
+
+class StopRequest:
+    """SIGTERM (a cluster's notice before preemption, ``kill``) and SIGINT (Ctrl+C) during training: note the
+    signal, so :class:`BestAndLastCheckpoint` saves and stops at the next step boundary. A second signal stops at
+    once (KeyboardInterrupt), without a checkpoint.
+
+    One process: these handlers replace Lightning's SIGTERM handler for the training loop (it would stop without a
+    checkpoint, with exit status 0) and are put back after it; SIGUSR1, SLURM's requeue signal, stays
+    Lightning's. Under DDP the ranks must stop at the same step: Lightning's handler keeps SIGTERM (it stops every
+    rank together, without a checkpoint at the signal) and SIGINT is left as it is; the stop is still recorded."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal: Optional[str] = None  # the name of the signal received
+        self.own = False  # whether this process stops itself (one process), not Lightning's DDP stop
+        self._previous: dict[int, Any] = {}
+
+    def stops(self, trainer: L.Trainer) -> bool:
+        """Whether to save and stop now: a signal came, this process stops itself, and training is not done."""
+        not_done = trainer.max_steps < 0 or trainer.global_step < trainer.max_steps
+        return self.signal is not None and self.own and not_done
+
+    def install(self, world_size: int = 1) -> None:
+        if threading.current_thread() is not threading.main_thread():  # Python handles signals in the main thread
+            return
+        self.signal, self._previous, self.own = None, {}, world_size == 1
+        for signum in self.SIGNALS if world_size == 1 else (signal.SIGTERM,):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler if world_size == 1 else self._note_and_chain)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            self.restore()
+            raise KeyboardInterrupt(f"second signal ({signal.Signals(signum).name}): stopping without a checkpoint")
+        self.signal = signal.Signals(signum).name
+        log.warning("%s: saving a checkpoint and stopping after this step (again: stop now)", self.signal)
+
+    def _note_and_chain(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        self._previous = {}
 
 
 # ---- sample GIFs ----------------------------------------------------------------------------------

@@ -49,12 +49,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_fit)
 
 
-def _run_fit(args: argparse.Namespace) -> None:
-    import json
+def _run_fit(args: argparse.Namespace) -> int:
     import logging
+    import shlex
 
+    from .callbacks import TrainingStopped
     from .config import load_config
-    from .train import fit, run_dir_of
+    from .train import fit, read_summary, run_dir_of
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
@@ -65,18 +66,27 @@ def _run_fit(args: argparse.Namespace) -> None:
             if not args.new_version
             else "--resume and --new-version exclude each other"
         )
-    run_dir = fit(
-        cfg, resume=not args.new_version, new_version=args.new_version, enable_progress_bar=not args.no_progress
-    )
+    try:
+        run_dir = fit(
+            cfg, resume=not args.new_version, new_version=args.new_version, enable_progress_bar=not args.no_progress
+        )
+    except TrainingStopped as stop:
+        # the rerun that resumes it: the same command, naming the version a --new-version run took
+        again = ["lit-snapvideo", "fit", args.config, *args.overrides]
+        if args.new_version:
+            again.append(f"logging.version={cfg.logging.version}")
+        print(f"lit-snapvideo fit: {stop}; resume with: {shlex.join(again)}", file=sys.stderr)
+        return stop.exit_status
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:  # another DDP rank: rank 0 writes summary.json and reports
-        return
-    summary = json.loads((run_dir / "summary.json").read_text())
+        return 0
+    summary = read_summary(run_dir / "summary.json")
     print(
         f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s, final val loss "
         f"{summary['final_val_loss']}, run directory {run_dir}"
     )
+    return 0
 
 
 # ---- evaluate ---------------------------------------------------------------------------------
@@ -399,12 +409,16 @@ def _accept_debug_after(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and not any(e.startswith("-") for e in extra):
+        args.overrides += extra  # key=value after an option (fit CFG --new-version key=value): argparse stops there
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
     try:
-        args.run(args)
+        status = args.run(args)
     except (UserError, FileNotFoundError) as err:  # ConfigError, DataError, CheckpointError are UserErrors
         if args.debug:
             raise
@@ -413,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lit-snapvideo {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -25,13 +25,25 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import BestAndLastCheckpoint, DataTrace, SampleQuality, SampleVideos, SkippedFiles, Throughput, WallTime
+from .callbacks import (
+    BestAndLastCheckpoint,
+    DataTrace,
+    SampleQuality,
+    SampleVideos,
+    SkippedFiles,
+    Throughput,
+    TrainingStopped,
+    WallTime,
+)
 from .config import ConfigError, save_config
 from .data.datamodule import EDMDataModule
+from .results import write_json_atomic
 from .module import EDMVideoModule, module_for, state_dict_mismatch
 from .models.presets import forward_flops
+from .run_lock import LOCK_NAME, NEW_VERSION_LOCK, FolderLock
 from .safe_load import CheckpointError, load_checkpoint_file
 from .sharding import STRATEGY as FSDP, fsdp_strategy
 
@@ -40,6 +52,8 @@ log = logging.getLogger("lit_snapvideo")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # the DataModule's stream position (in every checkpoint) makes the training loader resumable mid-epoch
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+# a resumed run's checkpoints folder holds its checkpoints; best.ckpt and last.ckpt are rewritten in place
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 # the version rank 0 picked for --new-version, for the ranks Lightning's DDP launcher starts by rerunning the command
@@ -209,51 +223,103 @@ def fit(
 ) -> Path:
     """Train ``cfg``; returns the run directory. ``resume``: continue from ``last.ckpt`` when it exists.
 
-    Under DDP every rank runs this function; rank 0 alone writes config.yaml and summary.json (Lightning writes the
-    checkpoints and the logs from rank 0)."""
-    if new_version:
-        if VERSION_ENV not in os.environ and launched_ranks() > 1:
-            raise ConfigError(
-                "--new-version: each process of a torchrun / srun launch would pick its own version "
-                "folder; name the run with logging.version=... instead"
-            )
-        cfg.logging.version = os.environ.get(VERSION_ENV) or next_free_version(cfg)
-    run_dir = run_dir_of(cfg)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    set_cpu_threads(cfg)
-    datamodule = EDMDataModule(cfg)
-    module = module_for(cfg)(cfg)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if resume and last.exists() else None
-    if ckpt_path:
-        check_resume(cfg, module, last)  # a foreign or other-model checkpoint leaves the run as it was
-        log.info("resuming from %s", ckpt_path)
-    init_report = None
-    if cfg.model.init_from and not ckpt_path:  # a fresh run starts from stage-1 weights (the paper's upsampler)
-        from .models.init_from import init_from_stage1
-
-        init_report = init_from_stage1(module.backbone, cfg.model.init_from)
-        module.ema_backbone.load_state_dict(module.backbone.state_dict())
-    created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # what this start makes
-    trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
-    hand_over = new_version and trainer.is_global_zero and VERSION_ENV not in os.environ
-    if hand_over:  # the launcher's processes inherit the environment
-        os.environ[VERSION_ENV] = str(cfg.logging.version)
+    The run folder is locked for the whole run (run_lock.py): a second ``fit`` of it is refused with
+    :class:`~lit_snapvideo.run_lock.RunInUseError`. Under DDP every rank runs this function; rank 0 alone takes
+    the lock and writes config.yaml and summary.json (Lightning writes the checkpoints and the logs from rank 0)."""
+    if new_version and VERSION_ENV not in os.environ and launched_ranks() > 1:
+        raise ConfigError(
+            "--new-version: each process of a torchrun / srun launch would pick its own version "
+            "folder; name the run with logging.version=... instead"
+        )
+    if new_version and VERSION_ENV in os.environ:  # a process of a DDP launch: rank 0 picked the version
+        cfg.logging.version = os.environ[VERSION_ENV]
+    if not launch_rank_zero():  # rank 0 holds the lock
+        if new_version and VERSION_ENV not in os.environ:
+            cfg.logging.version = next_free_version(cfg)
+        return _fit_locked(cfg, resume, new_version, enable_progress_bar, [], **trainer_overrides)
+    if new_version and VERSION_ENV not in os.environ:
+        experiment_dir = run_dir_of(cfg).parent
+        created = folders_to_create(experiment_dir)
+        with FolderLock(experiment_dir / NEW_VERSION_LOCK, wait=True):  # one pick at a time: each claims its number
+            cfg.logging.version = next_free_version(cfg)
+            created.insert(0, run_dir_of(cfg))
+            lock = FolderLock(run_dir_of(cfg) / LOCK_NAME, hint=IN_USE_HINT).acquire()
+    else:
+        created = folders_to_create(run_dir_of(cfg))
+        lock = FolderLock(run_dir_of(cfg) / LOCK_NAME, hint=IN_USE_HINT).acquire()
     try:
-        if trainer.is_global_zero:
-            save_config(cfg, run_dir)
-            if init_report is not None:
-                report = {"init_from": cfg.model.init_from, **init_report}
-                (run_dir / "init_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except Exception:
-        if trainer.is_global_zero and trainer.global_step == 0:  # bad data or config found late: nothing to keep
-            remove_stray_run(run_dir, created)
-        raise
+        return _fit_locked(cfg, resume, new_version, enable_progress_bar, created, **trainer_overrides)
     finally:
-        if hand_over:
-            os.environ.pop(VERSION_ENV, None)
+        lock.release()
+
+
+IN_USE_HINT = "wait for it to end, stop it, or start a fresh run with --new-version"
+
+
+def launch_rank_zero() -> bool:
+    """Whether this process is rank 0 of its launch (or launched alone): the environment variables that torchrun,
+    SLURM and Lightning's DDP launcher set for the other ranks are all 0 or unset."""
+    return all(int(os.environ.get(v) or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def folders_to_create(run_dir: Path) -> list[Path]:
+    """The run folder and those of its parents that do not exist yet (deepest first): what a start makes."""
+    return [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
+
+
+def _fit_locked(
+    cfg: DictConfig,
+    resume: bool,
+    new_version: bool,
+    enable_progress_bar: bool,
+    created: list[Path],
+    **trainer_overrides,
+) -> Path:
+    """:func:`fit` once the run folder is claimed; ``created``: the folders this start made (a start that fails
+    before its first step removes them)."""
+    run_dir = run_dir_of(cfg)
+    trainer = None
+    try:
+        L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+        set_cpu_threads(cfg)
+        datamodule = EDMDataModule(cfg)
+        module = module_for(cfg)(cfg)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if resume and last.exists() else None
+        if ckpt_path:
+            check_resume(cfg, module, last)  # a foreign or other-model checkpoint leaves the run as it was
+            log.info("resuming from %s", ckpt_path)
+        init_report = None
+        if cfg.model.init_from and not ckpt_path:  # a fresh run starts from stage-1 weights (the paper's upsampler)
+            from .models.init_from import init_from_stage1
+
+            init_report = init_from_stage1(module.backbone, cfg.model.init_from)
+            module.ema_backbone.load_state_dict(module.backbone.state_dict())
+        trainer, parts = build_trainer(cfg, run_dir, module, enable_progress_bar, **trainer_overrides)
+        hand_over = new_version and trainer.is_global_zero and VERSION_ENV not in os.environ
+        if hand_over:  # the launcher's processes inherit the environment
+            os.environ[VERSION_ENV] = str(cfg.logging.version)
+        try:
+            if trainer.is_global_zero:
+                save_config(cfg, run_dir)
+                if init_report is not None:
+                    report = {"init_from": cfg.model.init_from, **init_report}
+                    (run_dir / "init_report.json").write_text(json.dumps(report, indent=2) + "\n")
+            # weights_only: Lightning's own load of the checkpoint is as safe as check_resume's
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        finally:
+            if hand_over:
+                os.environ.pop(VERSION_ENV, None)
+    except (TrainingStopped, SIGTERMException) as stop:  # SIGTERMException: Lightning's stop of every DDP rank
+        if not isinstance(stop, TrainingStopped):
+            stop = TrainingStopped("SIGTERM", trainer.global_step, run_dir / "checkpoints" / "last.ckpt", saved=False)
+        if trainer.is_global_zero:
+            write_summary(run_dir, cfg, module, trainer, parts, ckpt_path is not None, stop.signal_name)
+        raise stop from None
+    except Exception:
+        if (trainer is None or trainer.is_global_zero) and (trainer is None or trainer.global_step == 0):
+            remove_stray_run(run_dir, created)  # bad data or config found late: nothing to keep
+        raise
     if trainer.is_global_zero:
         write_summary(run_dir, cfg, module, trainer, parts, resumed=ckpt_path is not None)
     return run_dir
@@ -265,7 +331,14 @@ def launched_ranks() -> int:
 
 
 # what a start writes before its first step; a folder holding anything else is never removed
-STRAY_FILES = ("config.yaml", "hparams.yaml", "events.out.tfevents.*", "data_trace.tsv", "init_report.json")
+STRAY_FILES = (
+    "config.yaml",
+    "hparams.yaml",
+    "events.out.tfevents.*",
+    "data_trace.tsv",
+    "init_report.json",
+    LOCK_NAME,
+)
 
 
 def remove_stray_run(run_dir: Path, created: list[Path]) -> None:
@@ -285,12 +358,35 @@ def remove_stray_run(run_dir: Path, created: list[Path]) -> None:
     log.info("removed %s: the start failed before its first step", run_dir)
 
 
+def read_summary(path: Path) -> dict:
+    """A run's summary.json, or {} when there is none or it is damaged (with a warning naming it: the next
+    write_summary replaces it)."""
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("%s: unreadable (%s); writing a new one", path, str(err).splitlines()[0] if str(err) else err)
+        return {}
+    if not isinstance(summary, dict):
+        log.warning("%s: not a JSON object; writing a new one", path)
+        return {}
+    return summary
+
+
 def write_summary(
-    run_dir: Path, cfg: DictConfig, module: EDMVideoModule, trainer: L.Trainer, parts: dict, resumed: bool = False
+    run_dir: Path,
+    cfg: DictConfig,
+    module: EDMVideoModule,
+    trainer: L.Trainer,
+    parts: dict,
+    resumed: bool = False,
+    stopped_by: Optional[str] = None,
 ) -> dict:
-    """summary.json: what `make compare` tabulates (parameters, steps, wall time, losses, ms/video)."""
+    """summary.json: what `make compare` tabulates (parameters, steps, wall time, losses, ms/video), written
+    atomically (a temporary file, then a rename). ``stopped_by``: the signal that ended this segment, if any."""
     path = run_dir / "summary.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous = read_summary(path)
     val = trainer.callback_metrics.get("val/loss")
     infer = parts["samples"].infer_ms_per_video_per_eval
     wall = parts["wall_time"]
@@ -327,6 +423,7 @@ def write_summary(
         "precision": trainer.precision,
         "device": str(module.device),
         "run_dir": str(run_dir),
+        "stopped_by": stopped_by,  # null: training ran to max_steps / max_time
     }
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(path, summary, nonfinite="null")  # a diverged run still gets its summary
     return summary

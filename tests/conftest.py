@@ -1,11 +1,26 @@
 """Shared test settings: CPU only, offline, small thread count, deterministic seeds."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub look-ups stall ~50 s each without network
 
 import pytest
 import torch
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_environment() -> dict:
+    """The environment of a ``python -m lit_snapvideo`` test process: offline, one thread, this checkout first."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+CLI = [sys.executable, "-m", "lit_snapvideo"]
 
 
 @pytest.fixture(autouse=True)
@@ -73,3 +88,15 @@ def tiny_checkpoint(shapes_root, tmp_path_factory):
     )
     run_dir = fit(cfg, enable_progress_bar=False)
     return run_dir / "checkpoints" / "last.ckpt"
+
+
+def max_state_difference(a: dict, b: dict) -> float:
+    """Largest absolute difference between two checkpoints over the weights (live and EMA, videos_seen) and the
+    optimiser state."""
+    import torch
+
+    assert set(a["state_dict"]) == set(b["state_dict"])
+    pairs = [(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]]
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        pairs += [(sa[k], sb[k]) for k in sa if torch.is_tensor(sa[k])]
+    return max(float((x.double() - y.double()).abs().max()) for x, y in pairs)

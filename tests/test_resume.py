@@ -6,7 +6,6 @@ The schedule: 24 training clips in batches of 4 (an epoch is 6 steps), validatio
 every 5 steps. The run stops after step 5 (no multiple of 6 or 4), resumes and crosses two epoch boundaries."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import cli_environment, max_state_difference, tiny_overrides
 from lit_snapvideo.callbacks import read_data_trace
 from lit_snapvideo.config import load_config
 from lit_snapvideo.module import EDMVideoModule
 from lit_snapvideo.train import fit
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS, STOP_AFTER = 14, 5
 SCHEDULE = {
     "data.batch_size": 4,
@@ -42,20 +40,11 @@ def _checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-def _max_difference(a: dict, b: dict) -> float:
-    """Largest absolute difference over the weights (live and EMA, videos_seen) and the optimiser state."""
-    assert set(a["state_dict"]) == set(b["state_dict"])
-    pairs = [(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]]
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
-        pairs += [(sa[k], sb[k]) for k in sa if torch.is_tensor(sa[k])]
-    return max(float((x.double() - y.double()).abs().max()) for x, y in pairs)
-
-
 def _assert_same_run(straight: Path, resumed: Path) -> float:
     a, b = _checkpoint(straight), _checkpoint(resumed)
     assert a["global_step"] == b["global_step"] == MAX_STEPS
     assert any(k.startswith("ema_backbone.") for k in a["state_dict"])
-    diff = _max_difference(a, b)
+    diff = max_state_difference(a, b)
     print(f"resume difference {diff:g} ({resumed.parent.name})")  # shown with pytest -s
     assert diff <= 1e-6, diff
     seen, again = read_data_trace(straight / "data_trace.tsv"), read_data_trace(resumed / "data_trace.tsv")
@@ -123,17 +112,11 @@ def _fit_command(shapes_root, runs: Path, name: str) -> list[str]:
     ]
 
 
-def _environment() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_mid_epoch(shapes_root, tmp_path):
     """Real processes: an uninterrupted run; a run killed with SIGKILL in step 7 or 8 (last.ckpt holds step 5;
     the next save comes with the validation after step 8), rerun to the end."""
-    env = _environment()
+    env = cli_environment()
     straight = subprocess.run(
         _fit_command(shapes_root, tmp_path, "straight"), env=env, capture_output=True, text=True, timeout=600
     )
@@ -169,3 +152,29 @@ def test_resume_after_sigkill_mid_epoch(shapes_root, tmp_path):
     _assert_same_run(tmp_path / "straight" / "version_0", run_dir)
     wall = json.loads((run_dir / "summary.json").read_text())["wall_time_s"]
     assert before < wall < before + elapsed + 0.1  # the killed segment up to its checkpoint, plus the rerun
+
+
+def test_a_moved_run_folder_resumes_from_its_own_newest_checkpoint(shapes_root, tmp_path):
+    """2 steps, the folder moved, resumed to 4, resumed to 6 == 6 steps in one run; no last-v1/best-v1 copies (with
+    them the second resume read the step-2 last.ckpt), and best.ckpt keeps the lowest validation loss."""
+    schedule = {"trainer.max_steps": 6, "trainer.val_every_n_steps": 2, "logging.sample_every_n_steps": 0}
+
+    def run(root: Path, name: str, steps: int) -> Path:
+        cfg = load_config(None, tiny_overrides(shapes_root, root, **schedule, **{"logging.experiment": name}))
+        return fit(cfg, enable_progress_bar=False, max_steps=steps)  # the schedule is the 6-step run's throughout
+
+    straight = run(tmp_path / "straight", "straight", 6)
+    run(tmp_path / "a", "moved", 2)
+    (tmp_path / "a").rename(tmp_path / "b")
+    run(tmp_path / "b", "moved", 4)
+    moved = run(tmp_path / "b", "moved", 6)
+    assert sorted(p.name for p in (moved / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    a, b = _checkpoint(straight), _checkpoint(moved)
+    assert a["global_step"] == b["global_step"] == 6
+    assert max_state_difference(a, b) == 0
+    state = next(v for k, v in b["callbacks"].items() if k.startswith("BestAndLastCheckpoint"))
+    assert state["dirpath"] == str(moved / "checkpoints")
+    assert state["best_model_path"] == str(moved / "checkpoints" / "best.ckpt")
+    straight_state = next(v for k, v in a["callbacks"].items() if k.startswith("BestAndLastCheckpoint"))
+    assert float(state["best_model_score"]) == float(straight_state["best_model_score"])
+    assert json.loads((moved / "summary.json").read_text())["steps"] == 6

@@ -265,10 +265,11 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 class Throughput(L.Callback):
-    """Logs videos/s, ms/video, peak memory and, when the hardware peak is known, MFU of each training step.
+    """Logs videos/s, ms/video, peak memory and MFU of each training step.
 
     ``train_flops_per_video``: FLOPs of one training step per video (forward + backward ~ 3x forward, plus FIT's
-    no-grad self-conditioning forward); MFU = achieved FLOP/s / ``peak_tflops``."""
+    no-grad self-conditioning forward); MFU = achieved FLOP/s / ``peak_tflops``. Without a given peak, the
+    reference is a matmul probe at the run's precision and thread count, measured at the start (bench's probe)."""
 
     def __init__(
         self, train_flops_per_video: Optional[float] = None, peak_tflops: Optional[float] = None, skip_first: int = 3
@@ -276,8 +277,26 @@ class Throughput(L.Callback):
         self.flops = train_flops_per_video
         self.peak = peak_tflops
         self.skip_first = skip_first
+        self.peak_source = "given" if peak_tflops else None
         self.ms_per_video: list[float] = []
         self._t0 = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, module: Any) -> None:
+        if self.peak or not self.flops:
+            return
+        from .bench.timing import matmul_probe_tflops  # bench's MFU reference; imported late (bench imports models)
+
+        precision = "bf16" if "bf16" in str(trainer.precision) else "fp32"
+        n = 8192 if module.device.type == "cuda" else 1024  # 1024^3 fp32: ~10 ms a call on this CPU
+        self.peak = matmul_probe_tflops(module.device.type, precision, n=n, repeats=5)
+        self.peak_source = f"measured {n}^3 {precision} matmul at the start"
+
+    def median_mfu(self) -> Optional[float]:
+        """The median step's MFU (None without FLOPs or a peak)."""
+        ms = self.median_ms_per_video()
+        if not (ms and self.flops and self.peak):
+            return None
+        return self.flops / (ms / 1000) / (self.peak * 1e12)
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
         if module.device.type == "cuda":

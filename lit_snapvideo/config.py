@@ -193,7 +193,7 @@ class LoggingConfig:
     sample_seed: int = 0
     sample_fps: Optional[float] = None  # frame-rate conditioning of samples; null: data.val_fps
     sample_orig_size: List[int] = field(default_factory=lambda: [108, 192])  # "original resolution" token (H, W)
-    mfu_peak_tflops: Optional[float] = None  # hardware peak for MFU; unknown -> MFU not logged
+    mfu_peak_tflops: Optional[float] = None  # hardware peak for MFU; null: a matmul probe measured at the start
     # quality during training (embedded moving-shapes set only): probe metrics on validation captions
     quality_every_n_steps: int = 0  # 0: off
     quality_num_videos: int = 8

@@ -411,6 +411,8 @@ def write_summary(
             if key.startswith("val/object_recovered_sigma_")
         },
         "train_ms_per_video": parts["throughput"].median_ms_per_video() or previous.get("train_ms_per_video"),
+        "train_mfu": parts["throughput"].median_mfu() or previous.get("train_mfu"),  # median step / the reference
+        "mfu_reference_tflops": parts["throughput"].peak or previous.get("mfu_reference_tflops"),
         "infer_ms_per_video_per_eval": (min(infer) if infer else previous.get("infer_ms_per_video_per_eval")),
         "nonfinite_steps": module.nonfinite_total,
         "skipped_files": trainer.datamodule.skipped_files() if hasattr(trainer.datamodule, "skipped_files") else None,

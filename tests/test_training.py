@@ -133,6 +133,7 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
         "perf/ms_per_video",
         "perf/videos_per_s",
         "perf/peak_memory_gib",
+        "perf/mfu",  # against the matmul probe measured at the start (no peak given)
         "data/skipped_files",
         "quality/prompt_accuracy",
         "quality/color_accuracy",
@@ -153,6 +154,7 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
     recovered = events.Scalars("val/object_recovered_sigma_1")[-1].value
     assert summary["final_object_recovered"]["1"] == pytest.approx(recovered, abs=1e-6)
     assert summary["clip"] == [cfg.data.frames, *cfg.data.pad_to]
+    assert summary["mfu_reference_tflops"] > 0 and 0 < summary["train_mfu"] < 5  # a moment's probe, not a bound
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (run_dir / "samples").glob("*.gif")) == ["step_000002.gif", "step_000004.gif"]
     from lit_snapvideo.report import plot_curves

@@ -9,4 +9,4 @@ mkdir -p runs/screen
 grep -v '^\s*#' "$rows" | grep -v '^\s*$' | while read -r name rest; do
   [ -f "runs/screen/$name/version_0/metrics.json" ] && continue
   echo "$name $rest"
-done | xargs -P 2 -L 1 bash -c 'experiments/screen/row.sh "$0" "$@" > "runs/screen/$0.log" 2>&1; echo "$0 exit $?"'
+done | xargs -P ${PARALLEL:-2} -L 1 bash -c 'experiments/screen/row.sh "$0" "$@" > "runs/screen/$0.log" 2>&1; echo "$0 exit $?"'

@@ -280,7 +280,12 @@ class WrongShapeInception(nn.Module):
 
 BAD_DETECTORS = [
     ("fvd_nan", "--fvd-detector", NaNI3D, "the detector gave NaN or inf features for 2 of 2 inputs"),
-    ("fvd_shape", "--fvd-detector", WrongShapeI3D, "expected features of shape (2, D) from the detector, got (2, 4, 2)"),
+    (
+        "fvd_shape",
+        "--fvd-detector",
+        WrongShapeI3D,
+        "expected features of shape (2, D) from the detector, got (2, 4, 2)",
+    ),
     ("fid_nan", "--fid-detector", NaNInception, "the detector gave NaN or inf features for 1 of 1 inputs"),
     ("fid_shape", "--fid-detector", WrongShapeInception, "expected features of shape (16, D) from the detector, got"),
 ]

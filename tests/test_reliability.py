@@ -274,7 +274,9 @@ def test_metrics_json_is_strict_json_with_null_for_an_undefined_metric(tiny_chec
     monkeypatch.setattr(evaluate, "foreign_caption", lambda root, manifest: "no probe here")
     out = tmp_path / "metrics.json"
     with caplog.at_level("WARNING"):
-        metrics = evaluate.evaluate_checkpoint(str(tiny_checkpoint), num_videos=1, steps=1, out=str(out), progress=False)
+        metrics = evaluate.evaluate_checkpoint(
+            str(tiny_checkpoint), num_videos=1, steps=1, out=str(out), progress=False
+        )
     saved = _strict_json(out)
     assert saved["denoise/zero_mse"] is None and saved["denoise/mse_sigma_1"] == 0.5
     assert metrics["denoise/zero_mse"] is None  # what it returns is what it wrote

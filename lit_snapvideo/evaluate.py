@@ -25,6 +25,7 @@ from .generation import evaluation_videos, validation_prompts
 from .metrics.probe import data_fingerprint, probe_for, probe_metrics
 from .models.text import NULL_CAPTION
 from .module import load_module
+from .results import write_json_atomic
 from .sampling import karras_sigmas
 from .seeding import seeded_generator
 
@@ -211,6 +212,7 @@ def evaluate_checkpoint(
         values = [clipsim(scorer, [(videos, prompts)]) for videos in sets]
         metrics["clipsim"] = sum(values) / len(values)
     path = Path(out) if out else Path(checkpoint).resolve().parent.parent / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json_atomic(path, metrics, nonfinite="null")  # strict JSON; an undefined metric is null, with a warning
+    metrics = json.loads(path.read_text())  # what was written, nulls included
     metrics["metrics_file"] = str(path)
     return metrics

@@ -43,7 +43,7 @@ from .models.presets import build_backbone, preset_kwargs
 from .models.text import NULL_CAPTION, TextEncoder
 from .models.upsampler import bicubic_upsample
 from .module_sampling import SamplingMixin
-from .safe_load import CheckpointError, load_checkpoint_file
+from .safe_load import CheckpointError, load_checkpoint_file, require_finite
 from .seeding import mix_seed, seeded_generator
 from .sharding import fsdp_root
 
@@ -600,6 +600,7 @@ def load_module(checkpoint: str, map_location: str | torch.device = "cpu") -> ED
         raise CheckpointError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'cfg' in its hyper_parameters)")
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{checkpoint}: not a lit-snapvideo checkpoint (no 'state_dict')")
+    require_finite(ckpt["state_dict"], checkpoint)
     cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
     module = module_for(cfg)(cfg)
     problem = state_dict_mismatch(module, ckpt["state_dict"])

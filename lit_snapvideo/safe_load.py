@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -53,6 +53,27 @@ def load_checkpoint_file(
             f"{path}: refused: its pickle calls {found.group(1)}, which weights-only loading "
             f"does not allow (it could run code); {hint}"
         ) from None
+
+
+def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """Keys of the floating-point tensors in ``state`` that hold a NaN or inf (meta tensors hold no values)."""
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.is_meta and not bool(v.isfinite().all())
+    ]
+
+
+def require_finite(state: Mapping[str, Any], path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """CheckpointError naming ``path`` and the tensors when any weight is NaN or inf: such weights sample black
+    videos and score NaN, so they are refused at load, not discovered in a results file."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise CheckpointError(
+            f"{what} {path}: {len(bad)} {'tensor holds' if len(bad) == 1 else 'tensors hold'} NaN or inf ({shown}); "
+            "the run diverged before this save: use an earlier checkpoint"
+        )
 
 
 # Lightning's file of everything in a sharded checkpoint but the weights and optimiser states

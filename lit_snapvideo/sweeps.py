@@ -13,6 +13,7 @@ keeps what it finished.
 from __future__ import annotations
 
 import csv
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -221,7 +222,14 @@ def write_rows(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: floats to 6 digits; NaN and inf as an empty cell (a missing value, not a number)."""
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else ""
+    return value
 
 
 def plot_sweep(rows: list[dict], kind: str, path: Path) -> None:

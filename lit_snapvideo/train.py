@@ -44,7 +44,7 @@ from .results import write_json_atomic
 from .module import EDMVideoModule, module_for, state_dict_mismatch
 from .models.presets import forward_flops
 from .run_lock import LOCK_NAME, NEW_VERSION_LOCK, FolderLock
-from .safe_load import CheckpointError, load_checkpoint_file
+from .safe_load import CheckpointError, load_checkpoint_file, require_finite
 from .sharding import STRATEGY as FSDP, fsdp_strategy
 
 log = logging.getLogger("lit_snapvideo")
@@ -212,6 +212,7 @@ def check_resume(cfg: DictConfig, module: EDMVideoModule, path: Path) -> None:
     problem = state_dict_mismatch(module, ckpt["state_dict"])
     if problem:
         raise CheckpointError(f"{path}: cannot resume: {problem}; {fresh}")
+    require_finite(ckpt["state_dict"], path, "cannot resume from")
 
 
 def fit(

@@ -253,3 +253,57 @@ def test_fvd_real_statistics_are_cached_per_clip_shape_and_frame_rate(user_check
     assert len(evaluate() - first) == 1  # another frame rate: new statistics
     module.cfg.data.size = [12, 32]
     assert len(evaluate()) == 3  # another clip size too
+
+
+# ---- a detector that gives no usable features: one line naming the file, before any linear algebra -----------------
+
+
+class NaNI3D(nn.Module):
+    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = True):
+        return torch.full((x.shape[0], 8), float("nan"))
+
+
+class WrongShapeI3D(nn.Module):
+    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = True):
+        return torch.zeros(x.shape[0], 4, 2)
+
+
+class NaNInception(nn.Module):
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        return torch.full((x.shape[0], 12), float("inf"))
+
+
+class WrongShapeInception(nn.Module):
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        return torch.zeros(1, 12)
+
+
+BAD_DETECTORS = [
+    ("fvd_nan", "--fvd-detector", NaNI3D, "the detector gave NaN or inf features for 2 of 2 inputs"),
+    (
+        "fvd_shape",
+        "--fvd-detector",
+        WrongShapeI3D,
+        "expected features of shape (2, D) from the detector, got (2, 4, 2)",
+    ),
+    ("fid_nan", "--fid-detector", NaNInception, "the detector gave NaN or inf features for 1 of 1 inputs"),
+    ("fid_shape", "--fid-detector", WrongShapeInception, "expected features of shape (16, D) from the detector, got"),
+]
+
+
+@pytest.mark.parametrize("name,flag,cls,fragment", BAD_DETECTORS, ids=[row[0] for row in BAD_DETECTORS])
+def test_a_detector_without_usable_features_is_one_line(
+    user_checkpoint, tmp_path, capsys, monkeypatch, name, flag, cls, fragment
+):
+    """Before: NaN features made oneMKL fail in FID (a segfault on some builds) and FVD end in a LinAlgError
+    traceback; a detector of the wrong output shape gave a RuntimeError traceback."""
+    monkeypatch.chdir(tmp_path)
+    detector = tmp_path / f"{name}.pt"
+    torch.jit.script(cls()).save(str(detector))
+    argv = ["evaluate", str(user_checkpoint), "--num-videos", "2", "--steps", "1", flag, str(detector)]
+    assert main([*argv, "--out", str(tmp_path / "metrics.json")]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert f"{detector}: " in lines[0] and fragment in lines[0], lines[0]
+    assert not (tmp_path / "metrics.json").exists()

@@ -414,3 +414,12 @@ def test_probe_learns_the_attributes_and_prompt_accuracy_tracks_the_captions(tmp
     shuffled = [captions[i] for i in torch.randperm(len(captions), generator=torch.Generator().manual_seed(0))]
     # chance of matching shape, colour and direction together is ~1/3 * 1/8 * 1/8 (1/24 for stills)
     assert prompt_accuracy(probe, videos, shuffled)["prompt_accuracy"] < 0.1
+
+
+@pytest.mark.parametrize("which", ["mu1", "sigma2"])
+def test_frechet_refuses_nan_before_the_linear_algebra(which):
+    args = {"mu1": torch.zeros(3), "sigma1": torch.eye(3), "mu2": torch.zeros(3), "sigma2": torch.eye(3)}
+    args[which] = args[which].clone()
+    args[which].view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=f"frechet_distance: {which} holds NaN or inf"):
+        frechet_distance(**args)

@@ -212,3 +212,73 @@ def test_a_signal_saves_the_step_writes_the_summary_and_exits_non_zero(
     assert max_state_difference(a, b) == 0
     assert read_data_trace(trace) == read_data_trace(uninterrupted / "data_trace.tsv")
     assert json.loads((run_dir / "summary.json").read_text())["stopped_by"] is None
+
+
+# ---- numbers: no NaN or inf reaches a results file -------------------------------------------------------------
+
+
+def _with_nan_weight(tiny_checkpoint: Path, path: Path) -> str:
+    """A copy of the tiny checkpoint whose first EMA weight holds a NaN (a run that diverged before its save)."""
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    key = next(k for k, v in ckpt["state_dict"].items() if k.startswith("ema_backbone.") and v.is_floating_point())
+    ckpt["state_dict"][key].view(-1)[0] = float("nan")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return key
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_nan_weights_in_a_checkpoint_are_one_line(tiny_checkpoint, tmp_path, capsys, command):
+    """Before: NaN EMA weights sampled black videos with exit 0 and metrics.json held NaN."""
+    bad = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    key = _with_nan_weight(tiny_checkpoint, bad)
+    extra = ["--prompt", "a red circle"] if command == "sample" else ["--num-videos", "1"]
+    assert main([command, str(bad), *extra, "--out", str(tmp_path / "out"), "--steps", "1"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert f"checkpoint {bad}: 1 tensor holds NaN or inf ({key})" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_from_nan_weights_is_refused(shapes_root, tiny_checkpoint, tmp_path, experiment, capsys):
+    import shutil
+
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    shutil.copytree(tiny_checkpoint.parent.parent, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    _with_nan_weight(tiny_checkpoint, last)
+    overrides = tiny_overrides(
+        shapes_root,
+        tmp_path / "runs",
+        **{"data.size": "[16,32]", "data.pad_to": "[16,32]", "logging.experiment": "tiny", "trainer.max_steps": 4},
+    )
+    assert main(["fit", str(experiment), *overrides, "--no-progress"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert f"cannot resume from {last}: 1 tensor holds NaN or inf" in line, line
+
+
+def _strict_json(path: Path) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}: not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_metrics_json_is_strict_json_with_null_for_an_undefined_metric(tiny_checkpoint, tmp_path, monkeypatch, caplog):
+    """Before: a NaN metric was written as NaN, which no JSON parser but Python's reads."""
+    from lit_snapvideo import evaluate
+
+    def nan_check(module):  # forces the fault: a metric without a value
+        return {"denoise/zero_mse": float("nan"), "denoise/mse_sigma_1": 0.5}
+
+    monkeypatch.setattr(evaluate, "denoising_check", nan_check)
+    monkeypatch.setattr(evaluate, "foreign_caption", lambda root, manifest: "no probe here")
+    out = tmp_path / "metrics.json"
+    with caplog.at_level("WARNING"):
+        metrics = evaluate.evaluate_checkpoint(
+            str(tiny_checkpoint), num_videos=1, steps=1, out=str(out), progress=False
+        )
+    saved = _strict_json(out)
+    assert saved["denoise/zero_mse"] is None and saved["denoise/mse_sigma_1"] == 0.5
+    assert metrics["denoise/zero_mse"] is None  # what it returns is what it wrote
+    warned = [r.getMessage() for r in caplog.records if "not finite" in r.getMessage()]
+    assert warned == [f"{out}: denoise/zero_mse not finite, written as null"], warned

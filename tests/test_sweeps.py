@@ -60,3 +60,13 @@ def test_cli_rejects_bad_input(args, message, tiny_checkpoint, capsys, tmp_path)
     assert main(["sweep", *args, "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_nan_metric_is_an_empty_csv_cell(tmp_path):
+    """Before: a NaN (direction_accuracy of still prompts, a diverged run) was written as 'nan' in the results CSV."""
+    from lit_snapvideo.sweeps import write_rows
+
+    path = tmp_path / "sweep.csv"
+    write_rows([{"run": "a", "probe_fvd": float("nan"), "prompt_accuracy": float("inf"), "steps": 4}], path)
+    row = next(csv.DictReader(path.open()))
+    assert (row["probe_fvd"], row["prompt_accuracy"], row["steps"]) == ("", "", "4")

@@ -90,3 +90,77 @@ def test_vit_b_32_text_tower_by_name(tmp_path):
     assert sum(p.numel() for p in enc.parameters()) > 30e6  # the real 12-layer, width-512 tower
     with pytest.raises(ValueError, match="unknown open_clip model 'nope'"):
         TextEncoder("nope")
+
+
+# ---- a damaged cache entry is recomputed with one warning; a bad text.checkpoint is one error naming it ------------
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.getcwd, ())  # harmless, but a global the weights-only loader must refuse
+
+
+def _plant(path, kind):
+    good = torch.load(path, weights_only=True)
+    if kind == "nan":
+        good["emb"][0, 0] = float("nan")
+        torch.save(good, path)
+    elif kind == "structure":
+        torch.save([good["emb"]], path)
+    elif kind == "shape":
+        torch.save({**good, "emb": good["emb"][:, :5]}, path)
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif kind == "payload":
+        torch.save({"caption": good["caption"], "emb": _Payload()}, path)
+
+
+@pytest.mark.parametrize("kind", ["nan", "structure", "shape", "truncated", "payload"])
+def test_a_bad_cache_entry_is_recomputed_with_one_warning(tmp_path, caplog, kind):
+    """Before: a NaN entry gave black videos, and an entry of the wrong structure failed every later sample."""
+    cache = str(tmp_path / "cache")
+    first, _ = TextEncoder("tiny", max_length=16, cache_dir=cache).encode(CAPTIONS[:1])
+    entry = next((tmp_path / "cache").rglob("*.pt"))
+    _plant(entry, kind)
+    fresh = TextEncoder("tiny", max_length=16, cache_dir=cache)
+    with caplog.at_level(logging.WARNING):
+        again, _ = fresh.encode(CAPTIONS[:1])
+    assert torch.equal(again, first) and fresh.cache_misses == 1
+    warned = [r.getMessage() for r in caplog.records if "text cache" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"text cache {entry}: "), warned
+    assert warned[0].endswith("encoding the caption again")
+    assert TextEncoder("tiny", max_length=16, cache_dir=cache).encode(CAPTIONS[:1])[0].equal(first)  # rewritten
+
+
+def _bad_text_checkpoint(path, kind):
+    state = TextEncoder("tiny", cache_dir=None).tower.state_dict()
+    if kind == "nan":
+        state["token_embedding.weight"][3, 0] = float("inf")
+        torch.save(state, path)
+    elif kind == "shape":
+        torch.save({**state, "token_embedding.weight": torch.zeros(10, 4)}, path)
+    elif kind == "foreign":
+        torch.save([1, 2, 3], path)
+    elif kind == "truncated":
+        torch.save(state, path)
+        path.write_bytes(path.read_bytes()[:1000])
+
+
+BAD_TEXT_CHECKPOINTS = [
+    ("nan", "1 tensor holds NaN or inf (token_embedding.weight)"),
+    ("shape", "does not fit the 'tiny' text tower: 1 tensor(s) of another shape (token_embedding.weight (10, 4)"),
+    ("foreign", "not a state dict of tensors"),
+    ("truncated", "cannot be read as a torch state dict"),
+]
+
+
+@pytest.mark.parametrize("kind,fragment", BAD_TEXT_CHECKPOINTS, ids=[row[0] for row in BAD_TEXT_CHECKPOINTS])
+def test_a_bad_text_checkpoint_is_one_error_naming_it(tmp_path, kind, fragment):
+    from lit_snapvideo.errors import UserError, one_line
+
+    path = tmp_path / f"{kind}.pt"
+    _bad_text_checkpoint(path, kind)
+    with pytest.raises(UserError) as caught:  # the CLI prints a UserError as one line, exit 2
+        TextEncoder("tiny", checkpoint=str(path), cache_dir=None)
+    line = one_line(caught.value)
+    assert line.startswith(f"text.checkpoint {path}") and fragment in line, line

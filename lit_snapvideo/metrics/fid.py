@@ -17,7 +17,8 @@ from einops import rearrange
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from .fvd import VideoSource, iter_video_batches, load_torchscript, summarise, to_uint8
+from ..errors import one_line
+from .fvd import DetectorError, VideoSource, check_features, iter_video_batches, load_torchscript, summarise, to_uint8
 
 INCEPTION_KWARGS = dict(return_features=True)  # stylegan2-ada's call for FID features
 
@@ -33,15 +34,11 @@ class _FrameFeatures(nn.Module):
         try:
             feats = self.detector(frames, **self.detector_kwargs)
         except Exception as err:
-            raise RuntimeError(
+            raise DetectorError(
                 f"{self.path}: the Inception detector failed on uint8 frames {tuple(frames.shape)} called "
-                f"with {self.detector_kwargs}: {err}"
+                f"with {self.detector_kwargs}: {one_line(err)}"
             ) from None
-        if feats.ndim != 2 or feats.shape[0] != frames.shape[0]:
-            raise RuntimeError(
-                f"{self.path}: expected features of shape ({frames.shape[0]}, D), got {tuple(feats.shape)}"
-            )
-        return feats
+        return check_features(feats, frames.shape[0], self.path)
 
 
 class FID:

@@ -61,6 +61,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     for name, s in (("sigma1", sigma1), ("sigma2", sigma2)):
         if s.shape != (dim, dim):
             raise ValueError(f"frechet_distance: {name} must be ({dim}, {dim}), got {tuple(s.shape)}")
+    for name, a in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+        if not bool(a.isfinite().all()):  # eigh of a NaN matrix is an oneMKL error, or a crash
+            raise ValueError(f"frechet_distance: {name} holds NaN or inf")
     sigma1 = (sigma1 + sigma1.T) / 2  # remove asymmetric rounding noise before eigh
     sigma2 = (sigma2 + sigma2.T) / 2
     root1 = _sqrt_psd(sigma1)

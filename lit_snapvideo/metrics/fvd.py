@@ -27,12 +27,30 @@ from typing import Iterable, Sequence, Union
 
 import torch
 
+from ..errors import UserError, one_line
 from .frechet import GaussianStats, feature_stats, frechet_distance_from_stats
 
 # stylegan-v's detector_kwargs for FVD (frechet_video_distance.compute_fvd)
 I3D_KWARGS = dict(rescale=True, resize=True, return_features=True)
 
 VideoSource = Union[torch.Tensor, Iterable]  # (N,3,T,H,W) tensor, or batches of them / dicts with a "video" key
+
+
+class DetectorError(UserError, ValueError):
+    """A detector file that does not give what its metric needs (its call fails, the wrong output shape, NaN or
+    inf features): one line naming the file."""
+
+
+def check_features(feats: object, batch: int, path: str | os.PathLike) -> torch.Tensor:
+    """``feats`` as the ``(batch, D)`` finite tensor a detector must give; DetectorError naming ``path`` otherwise.
+    Checked before any linear algebra: NaN features made oneMKL fail inside FID (and segfault on some builds)."""
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[0] != batch:
+        got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+        raise DetectorError(f"{path}: expected features of shape ({batch}, D) from the detector, got {got}")
+    if not feats.is_floating_point() or not bool(feats.isfinite().all()):
+        bad = int((~feats.isfinite()).any(1).sum()) if feats.is_floating_point() else batch
+        raise DetectorError(f"{path}: the detector gave NaN or inf features for {bad} of {batch} inputs")
+    return feats
 
 
 def load_torchscript(path: str | os.PathLike, what: str, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
@@ -122,15 +140,11 @@ class FVD:
         try:
             feats = self.detector(clips, **I3D_KWARGS)
         except Exception as err:
-            raise RuntimeError(
+            raise DetectorError(
                 f"{self.detector_path}: the detector failed on a uint8 batch {tuple(clips.shape)} called "
-                f"with {I3D_KWARGS} (stylegan-v's I3D signature): {err}"
+                f"with {I3D_KWARGS} (stylegan-v's I3D signature): {one_line(err)}"
             ) from None
-        if feats.ndim != 2 or feats.shape[0] != clips.shape[0]:
-            raise RuntimeError(
-                f"{self.detector_path}: expected features of shape ({clips.shape[0]}, D), got {tuple(feats.shape)}"
-            )
-        return feats.double().cpu()
+        return check_features(feats, clips.shape[0], self.detector_path).double().cpu()
 
     def stats(self, source: VideoSource) -> GaussianStats:
         """Gaussian statistics of the first ``num_videos`` videos of ``source`` (tensor, batches or dict batches)."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..safe_load import CheckpointError, load_checkpoint_file
+from ..safe_load import CheckpointError, load_checkpoint_file, require_finite
 from .fit import FIT
 from .presets import preset_kwargs
 from .registry import backbone
@@ -46,7 +46,9 @@ def _stage1_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         )
     state = ckpt["state_dict"]
     prefix = "ema_backbone." if any(k.startswith("ema_backbone.") for k in state) else "backbone."
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    require_finite(weights, path, "model.init_from")
+    return weights
 
 
 def init_from_stage1(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:

@@ -31,6 +31,9 @@ import torch
 from open_clip.model import CLIPTextCfg, _build_text_tower
 from torch import nn
 
+from ..errors import one_line
+from ..safe_load import CheckpointError, load_checkpoint_file, require_finite
+
 log = logging.getLogger(__name__)
 
 NULL_CAPTION = ""  # the classifier-free-guidance null condition
@@ -56,14 +59,26 @@ def _tower_config(name: str) -> tuple[dict, int, bool]:
 
 
 def _text_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The text-tower keys of an open_clip checkpoint (whole CLIP, CustomTextCLIP or tower only)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    """The text-tower keys of an open_clip checkpoint (whole CLIP, CustomTextCLIP or tower only); CheckpointError
+    naming the file for one that is unsafe, unreadable, not a state dict or holds NaN / inf."""
+    try:
+        state = load_checkpoint_file(path, "cpu", hint="text.checkpoint takes an open_clip state dict")
+    except CheckpointError:
+        raise
+    except Exception as err:  # truncated or not a torch file: torch's message is many lines and names no file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"text.checkpoint {path}: cannot be read as a torch state dict ({reason})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"text.checkpoint {path}: not a state dict of tensors (an open_clip checkpoint)")
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("text.") for k in state):  # CustomTextCLIP keeps the tower under .text
-        return {k.removeprefix("text."): v for k, v in state.items() if k.startswith("text.")}
-    skip = ("visual.", "logit_scale", "logit_bias", "attn_mask")
-    return {k: v for k, v in state.items() if not k.startswith(skip)}
+        state = {k.removeprefix("text."): v for k, v in state.items() if k.startswith("text.")}
+    else:
+        skip = ("visual.", "logit_scale", "logit_bias", "attn_mask")
+        state = {k: v for k, v in state.items() if not k.startswith(skip)}
+    require_finite(state, path, "text.checkpoint")
+    return state
 
 
 class TextEncoder(nn.Module):
@@ -83,6 +98,7 @@ class TextEncoder(nn.Module):
         with torch.random.fork_rng(devices=[]):  # a fixed init without disturbing the caller's RNG
             torch.manual_seed(INIT_SEED)
             self.tower = _build_text_tower(embed_dim, CLIPTextCfg(**text_cfg), quick_gelu=quick_gelu)
+        self.checkpoint = checkpoint
         if checkpoint:
             self._load(Path(checkpoint), name)
         else:
@@ -107,9 +123,17 @@ class TextEncoder(nn.Module):
     def _load(self, path: Path, name: str) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"text.checkpoint {path} not found")
-        missing, unexpected = self.tower.load_state_dict(_text_state_dict(path), strict=False)
+        state = _text_state_dict(path)
+        target = self.tower.state_dict()
+        wrong = [k for k, v in state.items() if k in target and v.shape != target[k].shape]
+        if wrong:  # load_state_dict would raise a many-line RuntimeError
+            raise CheckpointError(
+                f"text.checkpoint {path} does not fit the {name!r} text tower: {len(wrong)} tensor(s) of another "
+                f"shape ({', '.join(f'{k} {tuple(state[k].shape)} != {tuple(target[k].shape)}' for k in wrong[:3])})"
+            )
+        missing, unexpected = self.tower.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise CheckpointError(
                 f"text.checkpoint {path} does not fit the {name!r} text tower: "
                 f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
             )
@@ -136,24 +160,47 @@ class TextEncoder(nn.Module):
         # tokens (causal attention makes those independent of the ones cut off)
         ids = self.tokenizer(list(captions)).to(self.device)  # (B, 77), 0 = pad
         _, tokens = self.tower(ids)  # (B, 77, dim)
+        if not bool(tokens.isfinite().all()):  # NaN conditioning samples black videos with exit 0
+            source = f"text.checkpoint {self.checkpoint}" if self.checkpoint else "the randomly initialised tower"
+            raise CheckpointError(f"text encoder {self.name!r}: {source} gives NaN or inf embeddings")
         lengths = (ids != 0).sum(1).clamp(max=self.max_length).tolist()
         return [tokens[i, :n].float().cpu() for i, n in enumerate(lengths)]
 
     def _file(self, caption: str) -> Path:
         return self.cache_dir / (hashlib.sha1(caption.encode()).hexdigest() + ".pt")
 
+    def _entry_problem(self, entry: object, caption: str) -> Optional[str]:
+        """Why a loaded cache entry cannot be used (None: it can): it must be this caption's (n, dim) float32
+        embedding, 1 <= n <= max_length, every value finite."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("emb"), torch.Tensor):
+            return "not a {caption, emb} entry"
+        if entry.get("caption") != caption:  # a hash collision, or a file copied under another name
+            return "holds another caption"
+        emb = entry["emb"]
+        fits = emb.ndim == 2 and emb.shape[1] == self.dim and 0 < len(emb) <= self.max_length
+        if emb.dtype != torch.float32 or not fits:
+            expected = f"(n <= {self.max_length}, {self.dim}) float32"
+            return f"an embedding of shape {tuple(emb.shape)} {emb.dtype}, expected {expected}"
+        if not bool(emb.isfinite().all()):
+            return "NaN or inf in the embedding"
+        return None
+
     def _lookup(self, caption: str) -> Optional[torch.Tensor]:
         if caption in self._memory:
             return self._memory[caption]
-        if self.cache_dir is not None and self._file(caption).is_file():
-            try:
-                entry = torch.load(self._file(caption), map_location="cpu", weights_only=True)
-            except Exception:  # a half-written or damaged entry: recompute it
-                return None
-            if entry.get("caption") == caption:  # guards against hash collisions
-                self._memory[caption] = entry["emb"]
-                return entry["emb"]
-        return None
+        path = self._file(caption) if self.cache_dir is not None else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = load_checkpoint_file(path, "cpu", hint="delete it and the caption is encoded again")
+            problem = self._entry_problem(entry, caption)
+        except Exception as err:  # unsafe, half-written or damaged: one warning, then the entry is recomputed
+            problem = f"unreadable ({one_line(err)})"
+        if problem:
+            log.warning("text cache %s: %s; encoding the caption again", path, problem)
+            return None
+        self._memory[caption] = entry["emb"]
+        return entry["emb"]
 
     def _store(self, caption: str, emb: torch.Tensor) -> None:
         self._memory[caption] = emb

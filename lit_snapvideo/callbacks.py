@@ -277,7 +277,6 @@ class Throughput(L.Callback):
         self.flops = train_flops_per_video
         self.peak = peak_tflops
         self.skip_first = skip_first
-        self.peak_source = "given" if peak_tflops else None
         self.ms_per_video: list[float] = []
         self._t0 = 0.0
 
@@ -289,7 +288,6 @@ class Throughput(L.Callback):
         precision = "bf16" if "bf16" in str(trainer.precision) else "fp32"
         n = 8192 if module.device.type == "cuda" else 1024  # 1024^3 fp32: ~10 ms a call on this CPU
         self.peak = matmul_probe_tflops(module.device.type, precision, n=n, repeats=5)
-        self.peak_source = f"measured {n}^3 {precision} matmul at the start"
 
     def median_mfu(self) -> Optional[float]:
         """The median step's MFU (None without FLOPs or a peak)."""

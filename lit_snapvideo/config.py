@@ -170,6 +170,8 @@ class TrainerConfig:
     # torch threads when training on the CPU; null: cores minus data workers (at least 1). Oversubscribed cores
     # make torch's OpenMP threads spin against each other: on 2 cores with 2 workers, 2 threads ran 5-12x slower.
     cpu_threads: Optional[int] = None
+    # Lightning's profiler ("simple": seconds per hook, "advanced": cProfile per hook); report: <run>/fit-profile.txt
+    profiler: Optional[str] = None
 
 
 @dataclass
@@ -368,6 +370,7 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
         t.checkpoint_every_n_steps,
     )
     check(t.num_nodes >= 1, "trainer.num_nodes", "an integer >= 1", t.num_nodes)
+    check(t.profiler in (None, "simple", "advanced"), "trainer.profiler", "null, 'simple' or 'advanced'", t.profiler)
     check(
         not (t.strategy == "fsdp" and cfg.model.compile),
         "model.compile",

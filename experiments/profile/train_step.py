@@ -27,11 +27,14 @@ def make_step(
     size: tuple[int, int],
     channels_last: bool = False,
     compile_options: dict | None = None,
+    overrides: dict | None = None,
+    self_cond_prob: float | None = None,
 ):
     """A closure running one training step (loss, backward, clip, AdamW) of ``preset``, as `bench` times it;
-    ``compile_options``: torch.compile the backbone with them (experiments/profile/compile_step.py)."""
+    ``compile_options``: torch.compile the backbone with them (experiments/profile/compile_step.py); ``overrides``:
+    the backbone's ``model.overrides``; ``self_cond_prob``: the self-conditioning rate (None: the config's)."""
     torch.manual_seed(0)
-    module, forward = build_bench_module(preset, frames, size, "cpu")
+    module, forward = build_bench_module(preset, frames, size, "cpu", overrides=overrides)
     if compile_options is not None:
         forward = torch.compile(module.backbone, **compile_options)
     if channels_last:  # only the 5-D (Conv3d) weights have a channels-last layout
@@ -53,7 +56,7 @@ def make_step(
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        per_sample, _ = module.diffusion_loss(data, generator, backbone=forward)
+        per_sample, _ = module.diffusion_loss(data, generator, backbone=forward, self_cond_prob=self_cond_prob)
         per_sample.mean().backward()
         torch.nn.utils.clip_grad_norm_(params, module.cfg.optim.grad_clip)
         optimizer.step()

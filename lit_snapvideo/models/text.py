@@ -56,6 +56,11 @@ def _tower_config(name: str) -> tuple[dict, int, bool]:
     return text_cfg, model_cfg["embed_dim"], bool(model_cfg.get("quick_gelu", False))
 
 
+def tower_width(name: str) -> int:
+    """The embedding width of text encoder ``name`` (256 for tiny, 512 for ViT-B-32), without building it."""
+    return int(_tower_config(name)[0]["width"])
+
+
 def _text_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The text-tower keys of an open_clip checkpoint (whole CLIP, CustomTextCLIP or tower only); CheckpointError
     naming the file for one that is unsafe, unreadable, not a state dict or holds NaN / inf."""

@@ -73,7 +73,7 @@ class EDMDataModule(L.LightningDataModule):
         train, val = load_records(c.root, c.manifest, self.skip_log)  # DataError for empty sets / bad manifests
         val = val[: c.limit_val_clips] if c.limit_val_clips > 0 else val
         common = dict(frames=c.frames, size=list(c.size), pad_to=None, skip_log=self.skip_log,  # padded per batch
-                      low_res_size=c.low_res_size)
+                      low_res_size=c.low_res_size, decoded_cache_mb=c.decoded_cache_mb)
         self.train_set = ClipDataset(train, fps_choices=list(c.fps_choices), train=True, **common)
         self.val_set = ClipDataset(val, fps_choices=[c.val_fps], train=False, **common)
         n_img = sum(self.train_set.is_image)

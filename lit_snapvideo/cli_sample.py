@@ -92,7 +92,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 def load_checkpoint(path: str):
     from pathlib import Path
 
-    from .module import load_module
+    from .module_loading import load_module
 
     if not Path(path).exists():  # a file, or the folder of a sharded (trainer.strategy=fsdp) checkpoint
         raise UserError(f"checkpoint {path}: file not found")

@@ -24,7 +24,7 @@ from .data.video import crop_padding
 from .generation import evaluation_videos, validation_prompts
 from .metrics.probe import data_fingerprint, probe_for, probe_metrics
 from .models.text import NULL_CAPTION
-from .module import load_module
+from .module_loading import load_module
 from .results import write_json_atomic
 from .sampling import karras_sigmas
 from .seeding import seeded_generator

@@ -238,7 +238,7 @@ class Check:
         from .evaluate import evaluate_checkpoint
         from .generation import evaluation_videos, validation_prompts, write_grid
         from .metrics.probe import probe_for
-        from .module import load_module
+        from .module_loading import load_module
         from .report import compare_runs
         from .train import fit
 

@@ -26,7 +26,7 @@ from .data.shapes import is_shapes_caption
 from .data.video import crop_padding
 from .generation import evaluation_videos, validation_prompts
 from .metrics.probe import data_fingerprint, probe_for, probe_metrics
-from .module import load_module
+from .module_loading import load_module
 
 CFG_WEIGHTS = (0, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16)  # Fig. 5
 STEP_COUNTS = (16, 32, 64, 128, 256, 512, 1024)  # Fig. 6

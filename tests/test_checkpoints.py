@@ -14,7 +14,8 @@ import torch
 
 from conftest import tiny_overrides
 from lit_snapvideo.cli import main
-from lit_snapvideo.module import CheckpointError, UNetModule, load_module
+from lit_snapvideo.module import CheckpointError, UNetModule
+from lit_snapvideo.module_loading import load_module
 
 
 class Payload:

@@ -68,7 +68,7 @@ def test_evaluate_writes_probe_and_fvd_metrics(tiny_checkpoint, tmp_path, i3d_fi
 
 def test_denoising_check_error_and_caption_effect(tiny_checkpoint, monkeypatch):
     from lit_snapvideo.data.datamodule import EDMDataModule
-    from lit_snapvideo.module import load_module
+    from lit_snapvideo.module_loading import load_module
 
     module = load_module(str(tiny_checkpoint))
     torch.nn.init.normal_(module.ema_backbone.out_proj.weight, std=0.5)  # F depends on the input and the caption
@@ -94,7 +94,7 @@ def test_denoising_check_noise_leak_of_a_denoiser_that_outputs_c_skip_x_sigma(ti
     """With F = 0 the denoiser is D = c_skip x_sigma, x_sigma = x / s + sigma eps (paper Table 1: c_skip =
     s sd^2 / (s sigma^2 + sd^2)), so <D - x, eps> / <eps, eps> = c_skip sigma + (c_skip / s - 1) <x, eps> / <eps, eps>."""
     from lit_snapvideo.data.datamodule import EDMDataModule
-    from lit_snapvideo.module import load_module
+    from lit_snapvideo.module_loading import load_module
     from lit_snapvideo.seeding import seeded_generator
 
     module = load_module(str(tiny_checkpoint))
@@ -227,7 +227,7 @@ def test_evaluate_on_user_data_scores_fvd_fid_clipsim_and_skips_the_probe(
 
 
 def test_fvd_real_statistics_are_cached_per_clip_shape_and_frame_rate(user_checkpoint, detectors, tmp_path):
-    from lit_snapvideo.module import load_module
+    from lit_snapvideo.module_loading import load_module
 
     module = load_module(str(user_checkpoint))
     cache = tmp_path / "fvd"

@@ -26,7 +26,8 @@ from conftest import tiny_overrides
 from test_ddp import _fit
 from lit_snapvideo.config import ConfigError, load_config
 from lit_snapvideo.models.fit import FIT, FITBlock
-from lit_snapvideo.module import FITModule, load_module
+from lit_snapvideo.module import FITModule
+from lit_snapvideo.module_loading import load_module
 from lit_snapvideo.safe_load import CheckpointError, load_checkpoint_file
 from lit_snapvideo.sharding import FSDPStrategyCPU, fsdp_strategy, mixed_precision, wrap_classes
 

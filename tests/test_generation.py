@@ -13,7 +13,7 @@ from lit_snapvideo.generation import (
     video_grid_frames,
     write_grid,
 )
-from lit_snapvideo.module import load_module
+from lit_snapvideo.module_loading import load_module
 
 PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving down"]
 

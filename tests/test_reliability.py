@@ -242,6 +242,7 @@ def test_a_config_that_does_not_fit_the_weights_is_refused_before_a_model_is_bui
     """Before: the stored config's model was built first, so a small file asking for
     model.overrides.latent_dim=2048 took sample to 3.1 GB before the refusal."""
     from lit_snapvideo import module as module_lib
+    from lit_snapvideo import module_loading
 
     built = []
     build = module_lib.build_backbone
@@ -251,7 +252,8 @@ def test_a_config_that_does_not_fit_the_weights_is_refused_before_a_model_is_bui
         built.append(next(backbone.parameters()).device.type)
         return backbone
 
-    monkeypatch.setattr(module_lib, "build_backbone", recording_build)
+    for builder in (module_lib, module_loading):  # the module itself, and the meta-device shape check
+        monkeypatch.setattr(builder, "build_backbone", recording_build)
     huge = _with_config(tiny_checkpoint, tmp_path / "huge.ckpt", **{"model.overrides.latent_dim": 2048})
     assert main(_command(command, huge, tmp_path)) == 2
     line = _error_line(capsys.readouterr().err)

@@ -12,7 +12,8 @@ from conftest import tiny_overrides
 from lit_snapvideo import paper
 from lit_snapvideo.config import load_config
 from lit_snapvideo.models.presets import forward_flops, preset_kwargs
-from lit_snapvideo.module import FITModule, NonFiniteLossError, UNetModule, load_module, module_for
+from lit_snapvideo.module import FITModule, NonFiniteLossError, UNetModule, module_for
+from lit_snapvideo.module_loading import load_module
 from lit_snapvideo.train import fit
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "ablation"

@@ -197,7 +197,7 @@ def upsampler_checkpoint(shapes_root, tiny_checkpoint, tmp_path_factory):
 
 
 def test_init_from_stage1_loads_every_compatible_weight_and_reports_the_rest(tiny_checkpoint, upsampler_checkpoint):
-    from lit_snapvideo.module import load_module
+    from lit_snapvideo.module_loading import load_module
 
     model = build_backbone("fit_up_tiny", 256)
     report = init_from_stage1(model, tiny_checkpoint)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from compile_step import matmul_gflops  # noqa: E402
 from train_step import make_step, ms_per_video  # noqa: E402
 
 from lit_snapvideo.config import load_config  # noqa: E402
@@ -46,14 +46,10 @@ def fpmath(matmul: str, conv: str):
         backends.matmul.fp32_precision, backends.conv.fp32_precision = before
 
 
-def matmul_gflops(precision: str, n: int = 1024, repeats: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(precision: str) -> float:
+    """compile_step's matmul probe (GFLOP/s) with oneDNN's fp32 matmuls in ``precision``."""
     with fpmath(precision, "ieee"):
-        a @ b
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+        return matmul_gflops()
 
 
 def main() -> None:
@@ -64,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    fp32_rate, bf16_rate = matmul_gflops("ieee"), matmul_gflops("bf16")
+    fp32_rate, bf16_rate = matmul_rate("ieee"), matmul_rate("bf16")
     lines = [
         f"threads {args.threads}; torch {torch.__version__}; measured 1024^3 matmul: fp32 {fp32_rate:.0f} GFLOP/s, "
         f"bf16 fpmath {bf16_rate:.0f} GFLOP/s",

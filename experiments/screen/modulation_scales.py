@@ -9,7 +9,7 @@ import sys
 import torch
 
 from lit_snapvideo.models.presets import example_inputs
-from lit_snapvideo.module import load_module
+from lit_snapvideo.module_loading import load_module
 
 torch.set_num_threads(1)
 module = load_module(sys.argv[1])

@@ -10,7 +10,7 @@ import torch
 
 from lit_snapvideo.cascade import validation_pairs
 from lit_snapvideo.models.upsampler import bicubic_upsample, psnr
-from lit_snapvideo.module import load_module
+from lit_snapvideo.module_loading import load_module
 
 
 def regression_psnr(checkpoint: str, sigmas=(80.0, 10.0), num_videos: int = 16) -> dict:

@@ -147,6 +147,9 @@ class PeakMemory:
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             return
+        # in-process (bench isolate=False), memory that earlier work freed after the baseline can leave the resident
+        # set below it: a phase's reading would go negative (seen: -0.106 GiB), so the floor follows the set down
+        self.baseline = min(self.baseline, self._status("VmRSS"))
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current resident set

@@ -55,6 +55,12 @@ def load_checkpoint_file(
         ) from None
 
 
+def unreadable_reason(err: BaseException) -> str:
+    """Why torch could not read a cut or foreign file, short: the first sentence of its error's first line (torch's
+    messages run to many lines of advice and name no file; the caller names it)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+
+
 def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
     """Keys of the floating-point tensors in ``state`` that hold a NaN or inf (meta tensors hold no values)."""
     return [

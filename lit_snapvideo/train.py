@@ -44,7 +44,7 @@ from .results import write_json_atomic
 from .module import EDMVideoModule, module_for, state_dict_mismatch
 from .models.presets import forward_flops
 from .run_lock import LOCK_NAME, NEW_VERSION_LOCK, FolderLock
-from .safe_load import CheckpointError, load_checkpoint_file, require_finite
+from .safe_load import CheckpointError, load_checkpoint_file, require_finite, unreadable_reason
 from .sharding import STRATEGY as FSDP, fsdp_strategy
 
 log = logging.getLogger("lit_snapvideo")
@@ -194,7 +194,7 @@ def check_resume(cfg: DictConfig, module: EDMVideoModule, path: Path) -> None:
     except CheckpointError:
         raise
     except Exception as err:  # torch's errors for a cut or corrupt file are many lines and do not name it
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        reason = unreadable_reason(err)
         raise CheckpointError(f"{path}: cannot resume: the file is truncated or corrupt ({reason}); {fresh}") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     saved = ((hparams or {}).get("cfg") or {}).get("model")

@@ -344,6 +344,26 @@ def test_bad_last_checkpoint_on_resume(shapes_root, tiny_checkpoint, tmp_path, e
     assert (run_dir / "config.yaml").read_bytes() == config
 
 
+INIT_FROM = [
+    ("truncated", lambda data: data[: len(data) // 2], "cannot be read as a checkpoint"),
+    ("random_bytes", lambda data: np.random.default_rng(0).bytes(4096), "cannot be read as a checkpoint"),
+    ("json", lambda data: b'{"state_dict": {}, "hyper_parameters": {}}\n', "cannot be read as a checkpoint"),
+]
+
+
+@pytest.mark.parametrize("name,make,fragment", INIT_FROM, ids=[row[0] for row in INIT_FROM])
+def test_a_bad_init_from_file_is_one_line(
+    shapes_root, tiny_checkpoint, tmp_path, experiment, capsys, name, make, fragment
+):
+    """Before: torch's many-line error (an UnpicklingError or a zip reader's RuntimeError) naming no file."""
+    bad = tmp_path / f"{name}.ckpt"
+    bad.write_bytes(make(tiny_checkpoint.read_bytes()))
+    runs = tmp_path / "runs"
+    overrides = tiny_overrides(shapes_root, runs, **{"model.init_from": str(bad), "trainer.max_steps": 1})
+    _fails(["fit", str(experiment), *overrides, "--no-progress"], capsys, f"model.init_from {bad}: {fragment}")
+    assert not runs.exists()
+
+
 @pytest.mark.parametrize("command", ["sample", "evaluate"])
 def test_truncated_checkpoint_in_sample_and_evaluate(tiny_checkpoint, tmp_path, capsys, command):
     cut = tmp_path / "cut.ckpt"

@@ -67,6 +67,10 @@ CONFIG = [
     ("logging_root_is_a_file", ["logging.root={file}"], "bad value for 'logging.root'"),
     ("logging_root_inside_a_file", ["logging.root={file}/runs"], "is a file"),
     ("text_cache_inside_a_file", ["text.cache_dir={file}/cache"], "bad value for 'text.cache_dir'"),
+    # before: the run was written outside logging.root
+    ("experiment_climbs_out", ["logging.experiment=a/../../b"], "bad value for 'logging.experiment': 'a/../../b'"),
+    ("experiment_absolute", ["logging.experiment={file}.d"], "bad value for 'logging.experiment'"),
+    ("version_climbs_out", ["logging.version=../v"], "bad value for 'logging.version': '../v' (expected a name"),
 ]
 
 
@@ -83,6 +87,14 @@ def test_bad_config_in_the_file_names_the_file(tmp_path, capsys):
     path.write_text("model: {preset: fit_huge}\n")
     line = _fails(["config", str(path), "trainer.max_steps=3"], capsys, "bad value for 'model.preset'")
     assert line.split(": error: ")[1].startswith(f"{path}: "), line
+
+
+def test_a_sample_prompt_with_a_line_break_is_refused(tmp_path, capsys):
+    """Before: one video, but two lines in samples/prompts.txt (read back one prompt per line)."""
+    path = tmp_path / "prompts.yaml"
+    path.write_text('model: {preset: fit_tiny}\nlogging: {sample_prompts: ["a red circle", "a blue\\nsquare"]}\n')
+    line = _fails(["config", str(path)], capsys, "bad value for 'logging.sample_prompts'")
+    assert "'a blue\\nsquare'" in line and "without line breaks" in line, line
 
 
 def test_fit_refuses_a_clip_the_backbone_cannot_take_before_writing(shapes_root, tmp_path, experiment, capsys):
@@ -318,6 +330,19 @@ def test_a_caption_that_is_not_utf8_skips_its_file(shapes_root, tmp_path, experi
     assert '"skipped_files": 1' in (runs / "tiny" / "version_0" / "summary.json").read_text()
 
 
+@pytest.mark.parametrize("folder", ["checkpoints", "samples"])
+def test_a_file_where_the_run_writes_a_folder_is_one_line(shapes_root, tmp_path, experiment, capsys, folder):
+    """Before: a traceback, for samples/ at the first sample step, after training had begun."""
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    run_dir.mkdir(parents=True)
+    (run_dir / folder).write_text("not a folder\n")
+    overrides = tiny_overrides(
+        shapes_root, tmp_path / "runs", **{"trainer.max_steps": 1, "logging.sample_every_n_steps": 1}
+    )
+    _fails(["fit", str(experiment), *overrides, "--no-progress"], capsys, f"{run_dir / folder} is a file")
+    assert [p.name for p in run_dir.iterdir()] == [folder]  # refused before anything was written
+
+
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
 
 CHECKPOINT = [
@@ -389,6 +414,8 @@ SAMPLE = [
     ("out_mp4_inside_a_file", ["--out", "{file}/a.mp4"], "{file} is a file"),
     ("out_is_a_file", ["--out", "{file}"], "{file} is a file"),
     ("prompts_not_utf8", ["--prompts-file", "{latin}"], "--prompts-file {latin}: not UTF-8 text (byte 3)"),
+    # before: one video, two lines in prompts.txt
+    ("prompt_with_a_line_break", ["--prompt", "a blue\nsquare"], "prompt 2 ('a blue\\nsquare') holds a line break"),
 ]
 
 

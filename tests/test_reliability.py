@@ -256,6 +256,26 @@ def test_resume_from_nan_weights_is_refused(shapes_root, tiny_checkpoint, tmp_pa
     assert f"cannot resume from {last}: 1 tensor holds NaN or inf" in line, line
 
 
+def test_resume_over_a_damaged_summary_rewrites_it(shapes_root, tiny_checkpoint, tmp_path, experiment, caplog):
+    """Before: a summary.json cut short failed every later resume at the end of training (a JSONDecodeError)."""
+    import shutil
+
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    shutil.copytree(tiny_checkpoint.parent.parent, run_dir)
+    summary = run_dir / "summary.json"
+    summary.write_text('{"steps": 2, "wall_ti')
+    overrides = tiny_overrides(
+        shapes_root,
+        tmp_path / "runs",
+        **FAST,
+        **{"data.size": "[16,32]", "data.pad_to": "[16,32]", "logging.experiment": "tiny", "trainer.max_steps": 3},
+    )
+    with caplog.at_level("WARNING", logger="lit_snapvideo"):
+        assert main(["fit", str(experiment), *overrides, "--no-progress"]) == 0
+    assert _strict_json(summary)["steps"] == 3
+    assert f"{summary}: not valid JSON (Unterminated string" in caplog.text
+
+
 def _strict_json(path: Path) -> dict:
     def refuse(constant):
         raise AssertionError(f"{path} holds {constant}: not JSON")

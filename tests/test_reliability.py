@@ -79,6 +79,13 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path, caplog):
     assert not path.exists()
 
 
+def test_options_before_the_overrides_as_the_readme_writes_them(shapes_root, tmp_path, experiment):
+    """`fit CFG --new-version key=value` (before: argparse stopped at the option, "unrecognized arguments")."""
+    overrides = tiny_overrides(shapes_root, tmp_path / "runs", **FAST, **{"trainer.max_steps": 1})
+    assert main(["fit", str(experiment), "--new-version", "--no-progress", *overrides]) == 0
+    assert (tmp_path / "runs" / "tiny" / "version_0" / "summary.json").is_file()
+
+
 def _fit_process(shapes_root, runs: Path, experiment: Path, *extra: str, steps: int = 1) -> subprocess.Popen:
     overrides = tiny_overrides(shapes_root, runs, **FAST, **{"trainer.max_steps": steps})
     return subprocess.Popen(

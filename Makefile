@@ -85,12 +85,16 @@ bench-upsampler-gpu: $(STAMP) ## GPU: the paper's upsampler at 16x288x512 (147,4
 	$(CLI) bench --presets fit_3_9b_upsampler,fit_up_mini --precision bf16 --batch-size 1 --phases eval,sample --paper-phases eval,sample --memory-fraction 0.92 --out results/gpu/upsampler $(ARGS)
 
 # ---- throughput (issue 7: paper Table 2 speed columns, FIT/U-Net ratios, MFU, scaling curves) ----
-.PHONY: bench bench-table bench-paper bench-scaling
+.PHONY: bench bench-table bench-paper bench-scaling bench-compile
 BENCH_BUDGET ?= 540
 SCALING_BUDGET ?= 270
-bench: $(STAMP) ## CPU: results/throughput.{csv,md} + results/scaling.{csv,png} (within ~15 min on 2 cores)
+bench: $(STAMP) ## CPU: results/throughput.{csv,md}, results/scaling.{csv,png}, results/compile/ (~22 min on 2 cores)
 	$(MAKE) bench-table
 	$(MAKE) bench-scaling
+	$(MAKE) bench-compile
+
+bench-compile: $(STAMP) ## the ablation pair's training step at its clip, eager and torch.compile'd, with MFU: results/compile/throughput.{csv,md}
+	$(CLI) bench --presets fit_mini,unet_mini --batch-size 8 --frames 8 --size 24 40 --phases train --compile-rows --threads 2 --out results/compile $(ARGS)
 
 bench-table: $(STAMP) ## the throughput table: small pair (batch 4, all phases) + paper presets that fit (eval only on CPU)
 	$(CLI) bench --batch fit_small=4 --batch unet_small=4 --sample-steps 4 --time-budget $(BENCH_BUDGET) $(ARGS)

@@ -51,6 +51,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast on the backbone")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument(
+        "--compile-rows",
+        action="store_true",
+        help="measure each preset twice, eager and torch.compile'd, as two rows (the compile time in the notes)",
+    )
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per phase (>= 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
@@ -114,6 +119,7 @@ def _run_bench(args: argparse.Namespace) -> None:
             size=tuple(args.size) if args.size else BenchSettings.size,
             precision=args.precision,
             compile=args.compile,
+            compile_rows=args.compile_rows,
             grad_checkpointing=args.grad_checkpointing,
             repeats=args.repeats,
             warmup=args.warmup,

@@ -92,6 +92,9 @@ class DataConfig:
     batch_size: int = 8  # per rank: the global batch is batch_size x devices x num_nodes (docs/multinode.md)
     val_batch_size: int = 8
     num_workers: int = 2
+    # keep whole videos decoded in memory, up to this many MiB per loader process (0: decode every draw);
+    # the same frames as decoding each draw, without the decode (results/profile/fit_step_parts.md)
+    decoded_cache_mb: float = 0
     limit_val_clips: int = 64  # validation clips used for the fixed-sigma validation loss
     # an upsampler's input: each clip also comes at this (H, W), resized from the same decoded frames (batch
     # "low_res"); must be data.size / the upsampler's scale (the stage-1 clip size; null: no low-res video)
@@ -170,6 +173,8 @@ class TrainerConfig:
     # torch threads when training on the CPU; null: cores minus data workers (at least 1). Oversubscribed cores
     # make torch's OpenMP threads spin against each other: on 2 cores with 2 workers, 2 threads ran 5-12x slower.
     cpu_threads: Optional[int] = None
+    # Lightning's profiler ("simple": seconds per hook, "advanced": cProfile per hook); report: <run>/fit-profile.txt
+    profiler: Optional[str] = None
 
 
 @dataclass
@@ -368,6 +373,7 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
         t.checkpoint_every_n_steps,
     )
     check(t.num_nodes >= 1, "trainer.num_nodes", "an integer >= 1", t.num_nodes)
+    check(t.profiler in (None, "simple", "advanced"), "trainer.profiler", "null, 'simple' or 'advanced'", t.profiler)
     check(
         not (t.strategy == "fsdp" and cfg.model.compile),
         "model.compile",
@@ -412,6 +418,7 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
     check(0 <= dat.image_fraction <= 1, "data.image_fraction", "a fraction in [0, 1]", dat.image_fraction)
     check(dat.batch_size >= 1, "data.batch_size", "an integer >= 1", dat.batch_size)
     check(dat.num_workers >= 0, "data.num_workers", "an integer >= 0", dat.num_workers)
+    check(dat.decoded_cache_mb >= 0, "data.decoded_cache_mb", "a number of MiB >= 0 (0: off)", dat.decoded_cache_mb)
     check(0 <= txt.label_dropout <= 1, "text.label_dropout", "a probability in [0, 1]", txt.label_dropout)
     check(txt.max_length >= 1, "text.max_length", "an integer >= 1", txt.max_length)
     check(cfg.logging.sample_steps >= 1, "logging.sample_steps", "an integer >= 1", cfg.logging.sample_steps)

@@ -306,7 +306,9 @@ class Check:
                 f"ablation {kind}: {summary['steps']} steps in {summary['wall_time_s']:.0f} s "
                 f"(max_time {cfg.trainer.max_time}), val loss {summary['final_val_loss']}"
             )
-            module = load_module(str(run_dir / "checkpoints" / "last.ckpt")).to(device)
+            # this run's config is the current one: its text cache too
+            module = load_module(str(run_dir / "checkpoints" / "last.ckpt"), text_cache_dir=cfg.text.cache_dir)
+            module = module.to(device)
             prompts = validation_prompts(cfg.data.root, cfg.data.manifest, min(8, s.eval_videos))
             videos = evaluation_videos(module, prompts, s.eval_steps, 2.0, seed=0, batch_size=8)
             write_grid(self.out / f"ablation_{kind}_samples.gif", videos)

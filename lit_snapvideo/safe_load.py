@@ -2,7 +2,9 @@
 
     ckpt = load_checkpoint_file("runs/fit/version_0/checkpoints/last.ckpt")   # dict of tensors, numbers, strings
 
-Checkpoints, the probe cache and resume all load through here (every ``torch.load`` is weights-only: a checkpoint is someone else's pickle).
+Checkpoints, the caches and resume all load through here (every ``torch.load`` is weights-only: a checkpoint is someone else's pickle).
+A cache file (text embeddings, FVD statistics, the probe) is read with :func:`read_cache_entry` and written with
+:func:`save_atomic`: an entry that fails to load or validate is one warning naming it, then recomputed and replaced.
 A sharded checkpoint (``trainer.strategy=fsdp``: a folder of per-rank shards, PyTorch distributed-checkpoint format,
 plus Lightning's ``meta.pt``) loads as the same dict, its shards assembled into whole tensors; its index
 (``.metadata``, a pickle) is read by the same weights-only unpickler, allowing only the index's own classes.
@@ -11,15 +13,19 @@ plus Lightning's ``meta.pt``) loads as the same dict, its shards assembled into 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickle
 import re
+import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, one_line
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError, ValueError):
@@ -59,6 +65,41 @@ def unreadable_reason(err: BaseException) -> str:
     """Why torch could not read a cut or foreign file, short: the first sentence of its error's first line (torch's
     messages run to many lines of advice and name no file; the caller names it)."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+
+
+def read_cache_entry(
+    path: str | os.PathLike, problem: Callable[[Any], Optional[str]], what: str, redo: str
+) -> Optional[Any]:
+    """The content of cache file ``path``, or None (the caller recomputes it and :func:`save_atomic` replaces it).
+
+    A missing file is None in silence. A file that does not load weights-only (a planted payload, half a file) or
+    that ``problem(entry)`` rejects (it returns why, or None for a usable entry) is None after one warning
+    ``"<what> <path>: <why>; <redo>"``: a cache is never trusted and never a reason to stop."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        entry = load_checkpoint_file(path, "cpu", hint=f"delete it and {redo}")
+        why = problem(entry)
+    except Exception as err:  # unsafe, half-written or damaged
+        why = f"unreadable ({one_line(err)})"
+    if why:
+        log.warning("%s %s: %s; %s", what, path, why, redo)
+        return None
+    return entry
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then a rename: a concurrent reader (another rank, another
+    run) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.profilers import AdvancedProfiler, Profiler, SimpleProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -113,6 +114,15 @@ def set_cpu_threads(cfg: DictConfig) -> int:
     return torch.get_num_threads()
 
 
+def build_profiler(kind: Optional[str], run_dir: Path) -> Optional[Profiler]:
+    """``trainer.profiler``: Lightning's simple or advanced profiler, reporting to ``run_dir/fit-profile.txt``
+    at the end of training (results/profile/fit_step_parts.md uses it)."""
+    if kind is None:
+        return None
+    profiler_class = {"simple": SimpleProfiler, "advanced": AdvancedProfiler}[kind]
+    return profiler_class(dirpath=run_dir, filename="profile")
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: Path, module: EDMVideoModule, enable_progress_bar: bool = True, **overrides
 ) -> tuple[L.Trainer, dict]:
@@ -175,6 +185,7 @@ def build_trainer(
         enable_progress_bar=enable_progress_bar,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the JointSampler shards the training stream itself (EDMDataModule)
+        profiler=build_profiler(t.profiler, run_dir),
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs), {

@@ -90,6 +90,14 @@ def tiny_checkpoint(shapes_root, tmp_path_factory):
     return run_dir / "checkpoints" / "last.ckpt"
 
 
+class PlantedPayload:
+    """A pickle that calls a global when loaded: harmless here (``os.getcwd``), but what the weights-only loader
+    must refuse in any file it reads (a checkpoint, a cache entry)."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
 def max_state_difference(a: dict, b: dict) -> float:
     """Largest absolute difference between two checkpoints over the weights (live and EMA, videos_seen) and the
     optimiser state."""

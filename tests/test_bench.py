@@ -157,6 +157,18 @@ def test_speedups_use_paper_table2_ratios():
     assert ratio["paper_eval"] == pytest.approx(paper.speedup("infer_ms"))
 
 
+def test_speedups_pair_eager_with_eager_and_compiled_with_compiled():
+    rows = [
+        {"preset": "fit_small", "compile": False, "train_ms": 10.0, "eval_ms": 2.0, "sample_ms": 30.0},
+        {"preset": "fit_small", "compile": True, "train_ms": 8.0, "eval_ms": 1.0, "sample_ms": 20.0},
+        {"preset": "unet_small", "compile": False, "train_ms": 25.0, "eval_ms": 9.0, "sample_ms": 90.0},
+        {"preset": "unet_small", "compile": True, "train_ms": 20.0, "eval_ms": 3.0, "sample_ms": 40.0},
+    ]
+    eager, compiled = speedups(rows)
+    assert not eager["compiled"] and (eager["train"], eager["eval"]) == (2.5, 4.5)
+    assert compiled["compiled"] and (compiled["train"], compiled["eval"]) == (2.5, 3.0)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -174,13 +186,23 @@ def test_cli_rejects_bad_options(args, message, capsys, tmp_path):
 @pytest.mark.slow
 def test_compiled_bench_trains_and_evaluates(tmp_path):
     """--compile passes a torch.compile'd backbone into the training loss; that wrapper has no truth value, which
-    once failed every compiled train phase (found on the GPU machine: "UNet3D does not support len()")."""
+    once failed every compiled train phase (found on the GPU machine: "UNet3D does not support len()").
+    --compile-rows gives each preset an eager and a compiled row, with the compile time in the notes."""
     rows = run_bench(
-        BenchSettings(batch_size=2, compile=True, phases=("eval", "train"), **TINY),
+        BenchSettings(batch_size=2, compile_rows=True, phases=("eval", "train"), **TINY),
         tmp_path,
         command="pytest",
         log=lambda _: None,
     )
+    assert [(r["preset"], r["compile"]) for r in rows] == [
+        ("fit_tiny", False),
+        ("fit_tiny", True),
+        ("unet_tiny", False),
+        ("unet_tiny", True),
+    ]
     for row in rows:
         assert "failed" not in row["notes"], row["notes"]
-        assert row["train_ms"] > 0 and row["eval_ms"] > 0 and row["compile"]
+        assert row["train_ms"] > 0 and row["eval_ms"] > 0
+        assert ("train: compile + first call" in row["notes"]) == row["compile"]
+    md = (tmp_path / "throughput.md").read_text()
+    assert "| `fit_tiny` |" in md and "| `fit_tiny` compiled |" in md

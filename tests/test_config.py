@@ -51,6 +51,7 @@ BAD = [
     ("diffusion: {sigma_in: -1.5}", [], r"'diffusion\.sigma_in'"),
     ("optim: {name: sgd}", [], r"'optim\.name': 'sgd' \(expected auto, adam, adamw or lamb\)"),
     ("data: {size: [36, 64], pad_to: [32, 64]}", [], r"'data\.pad_to'"),
+    ("trainer: {profiler: pytorch}", [], r"'trainer\.profiler': 'pytorch' \(expected null, 'simple' or 'advanced'\)"),
     ("moddel: {preset: x}", [], r"unknown key 'moddel'.*valid keys here: data, diffusion"),
     (
         "{}",

@@ -386,3 +386,26 @@ def test_the_hash_hold_out_always_leaves_a_training_record():
     assert [[r.path for r in part] for part in split_records(mixed)] == [["/data/clip_0.mp4"], [held[0]]]
     one = [Record(held[0], "a clip")]
     assert split_records(one) == (one, one)  # a one-record set is used for both, as before
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_decoded_cache_gives_the_same_examples_as_decoding_each_draw(shapes_root, train):
+    """data.decoded_cache_mb: whole videos decoded once give exactly the frames (and rate, size) a per-draw decode
+    gives, for random training draws and for validation; only as many videos as fit the budget are kept."""
+    from lit_snapvideo.data.datasets import ClipDataset, load_records
+
+    records = [r for r in load_records(shapes_root)[0] if not r.is_image][:6]
+    common = dict(frames=8, size=(16, 24), fps_choices=[4.0, 8.0, 12.0], train=train)
+    plain = ClipDataset(records, **common)
+    cached = ClipDataset(records, decoded_cache_mb=1, **common)
+    small = ClipDataset(records, decoded_cache_mb=0.05, **common)  # room for about one video
+    for round_ in range(2):  # the second round reads from the cache
+        for i in range(len(records)):
+            key = (i, 100 * round_ + i) if train else i
+            want = plain[key]
+            for dataset in (cached, small):
+                got = dataset[key]
+                assert torch.equal(got["video"], want["video"]), (round_, i)
+                assert got["fps"] == want["fps"] and torch.equal(got["orig_size"], want["orig_size"])
+    assert len(cached._decoded) == len(records)
+    assert 1 <= len(small._decoded) < len(records) and small._decoded_bytes <= 0.05 * 2**20

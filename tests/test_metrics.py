@@ -4,12 +4,14 @@ the embedded data set's probe metrics."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import PlantedPayload
 from lit_snapvideo.data.datasets import load_records
 from lit_snapvideo.data.shapes import generate_shapes
 from lit_snapvideo.metrics import (
@@ -173,6 +175,44 @@ def test_fvd_rejects_short_clips_too_few_videos_and_bad_files(i3d_path, tmp_path
     torch.save({"w": torch.zeros(3)}, state_dict_file)
     with pytest.raises(ValueError, match=r"weights.pt: not a TorchScript module"):
         FVD(state_dict_file)
+
+
+def _plant_stats(path, kind):
+    good = torch.load(path, weights_only=True)
+    if kind == "payload":
+        torch.save({**good, "mu": PlantedPayload()}, path)
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif kind == "structure":
+        torch.save([good["mu"], good["sigma"]], path)
+    elif kind == "shape":
+        torch.save({**good, "sigma": good["sigma"][:5, :5]}, path)
+    elif kind == "nan":
+        good["sigma"][0, 0] = float("nan")
+        torch.save(good, path)
+    elif kind == "shifted":  # an edited mean: the rest of the file still fits
+        torch.save({**good, "mu": good["mu"] + 100}, path)
+    elif kind == "copied":  # another data set's statistics under this key's name
+        torch.save({**good, "key": "other-val"}, path)
+
+
+@pytest.mark.parametrize("kind", ["payload", "truncated", "structure", "shape", "nan", "shifted", "copied"])
+def test_a_bad_fvd_cache_is_recomputed_with_one_warning(i3d_path, tmp_path, caplog, kind):
+    """Before: a planted payload or a truncated file was a torch traceback that named no file, and a NaN, a wrong
+    shape or a shifted mean were used silently (FVD 1.4e7)."""
+    fvd = FVD(i3d_path, cache_dir=tmp_path, num_videos=4, frames=16)
+    real_videos = _videos(4, frames=16)
+    first = fvd.real_stats(real_videos, key="tiny-val")
+    path = fvd.cache_path("tiny-val")
+    _plant_stats(path, kind)
+    with caplog.at_level(logging.WARNING):
+        again = fvd.real_stats(real_videos, key="tiny-val")
+    assert torch.equal(again.mu, first.mu) and torch.equal(again.sigma, first.sigma)
+    warned = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"FVD statistics cache {path}: "), warned
+    assert warned[0].endswith("computing them again") and "\n" not in warned[0]
+    fvd.detector = None  # rewritten: the next call reads the file and runs no detector
+    assert torch.equal(fvd.real_stats(real_videos, key="tiny-val").mu, first.mu)
 
 
 def test_fid_per_frame_with_tiny_inception(inception_path, tmp_path):
@@ -393,6 +433,45 @@ def test_load_or_train_probe_trains_once_then_reads_the_cache(tmp_path, monkeypa
     assert again.meta["val_accuracy"] == meta["val_accuracy"]
     with pytest.raises(AssertionError, match="cached probe"):  # other settings are another cache entry
         load_or_train_probe(tmp_path / "shapes", cache_dir=tmp_path / "cache", **{**settings, "steps": 3})
+
+
+def _stand_in_probe(frames, size):
+    """An untrained small probe with the reference statistics a trained one carries."""
+    probe = Probe(frames=frames, size=size, width=8, feature_dim=8)
+    probe.meta = {"reference": {"mu": torch.zeros(8), "sigma": torch.eye(8), "num": 2, "temporal_consistency": 0.9}}
+    return probe
+
+
+@pytest.mark.parametrize("kind", ["clip_shape", "payload", "truncated"])
+def test_a_bad_cached_probe_is_trained_again_with_one_warning(shapes_root, tmp_path, monkeypatch, caplog, kind):
+    """Before: a cache entry of a probe trained for another clip shape was accepted, and a planted payload or a
+    truncated entry stopped every later evaluation."""
+    trained = []
+
+    def stand_in_training(root, manifest=None, *, frames, size, **kwargs):
+        trained.append((frames, list(size)))
+        return _stand_in_probe(frames, size)
+
+    monkeypatch.setattr(probe_lib, "train_probe", stand_in_training)
+    settings = dict(frames=8, size=[16, 32], steps=2)
+    load_or_train_probe(shapes_root, cache_dir=tmp_path, **settings)
+    (entry,) = tmp_path.glob("*.pt")
+    if kind == "clip_shape":
+        save_probe(_stand_in_probe(16, [36, 64]), entry)
+    elif kind == "payload":
+        torch.save({"version": probe_lib.PROBE_VERSION, "config": PlantedPayload()}, entry)
+    else:
+        entry.write_bytes(entry.read_bytes()[:40])
+    with caplog.at_level(logging.WARNING):
+        probe = load_or_train_probe(shapes_root, cache_dir=tmp_path, **settings)
+    assert trained == [(8, [16, 32])] * 2 and (probe.frames, probe.size) == (8, (16, 32))
+    warned = [r.getMessage() for r in caplog.records if str(entry) in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"probe cache {entry}: "), warned
+    assert warned[0].endswith("training the probe again")
+    if kind == "clip_shape":
+        assert "trained on clips of 16 frames of [36, 64], expected 8 frames of [16, 32]" in warned[0]
+    assert load_or_train_probe(shapes_root, cache_dir=tmp_path, **settings).size == (16, 32)  # rewritten
+    assert len(trained) == 2
 
 
 @pytest.mark.slow

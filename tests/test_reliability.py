@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import CLI, cli_environment, max_state_difference, tiny_overrides
 from lit_snapvideo.callbacks import read_data_trace
@@ -219,6 +220,70 @@ def test_a_signal_saves_the_step_writes_the_summary_and_exits_non_zero(
     assert max_state_difference(a, b) == 0
     assert read_data_trace(trace) == read_data_trace(uninterrupted / "data_trace.tsv")
     assert json.loads((run_dir / "summary.json").read_text())["stopped_by"] is None
+
+
+# ---- a checkpoint is data, not a plan ---------------------------------------------------------------------------
+
+
+def _with_config(tiny_checkpoint: Path, path: Path, **changes) -> Path:
+    """A copy of the tiny checkpoint whose stored config has ``changes`` (dotted keys); its weights stay fit_tiny's."""
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value)
+    ckpt["hyper_parameters"]["cfg"] = OmegaConf.to_container(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path
+
+
+def _command(command: str, checkpoint: Path, tmp_path: Path) -> list[str]:
+    extra = ["--prompt", "a red circle"] if command == "sample" else ["--num-videos", "1"]
+    return [command, str(checkpoint), *extra, "--out", str(tmp_path / "out"), "--steps", "1"]
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_a_config_that_does_not_fit_the_weights_is_refused_before_a_model_is_built(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch, command
+):
+    """Before: the stored config's model was built first, so a small file asking for
+    model.overrides.latent_dim=2048 took sample to 3.1 GB before the refusal."""
+    from lit_snapvideo import module as module_lib
+
+    built = []
+    build = module_lib.build_backbone
+
+    def recording_build(*args, **kwargs):
+        backbone = build(*args, **kwargs)
+        built.append(next(backbone.parameters()).device.type)
+        return backbone
+
+    monkeypatch.setattr(module_lib, "build_backbone", recording_build)
+    huge = _with_config(tiny_checkpoint, tmp_path / "huge.ckpt", **{"model.overrides.latent_dim": 2048})
+    assert main(_command(command, huge, tmp_path)) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert f"{huge}: the weights do not fit its config (model.preset=fit_tiny): " in line, line
+    assert "of the wrong shape (backbone." in line and "2048" in line, line
+    assert built == ["meta"]  # the shapes were compared on the meta device, and nothing real was built
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_sample_and_evaluate_write_nothing_where_the_checkpoint_config_says(
+    tiny_checkpoint, tmp_path, monkeypatch, command
+):
+    """Before: the stored text.cache_dir made sample create folders and write embeddings where the file said."""
+    from lit_snapvideo import evaluate
+
+    elsewhere = tmp_path / "elsewhere"
+    stored = {"text.cache_dir": str(elsewhere / "text"), "logging.root": str(elsewhere / "runs")}
+    checkpoint = _with_config(tiny_checkpoint, tmp_path / "run" / "checkpoints" / "last.ckpt", **stored)
+    monkeypatch.setattr(evaluate, "denoising_check", lambda module: {})  # not what is checked here
+    monkeypatch.setattr(evaluate, "foreign_caption", lambda root, manifest: "no probe here")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(_command(command, checkpoint, tmp_path)) == 0
+    assert not elsewhere.exists()
+    assert (tmp_path / "cwd" / ".cache" / "text_embeddings").is_dir()  # the kit's default, the reader's own
 
 
 # ---- numbers: no NaN or inf reaches a results file -------------------------------------------------------------

@@ -8,6 +8,7 @@ import open_clip
 import pytest
 import torch
 
+from conftest import PlantedPayload
 from lit_snapvideo.models.text import NULL_CAPTION, TextEncoder
 
 CAPTIONS = [
@@ -95,11 +96,6 @@ def test_vit_b_32_text_tower_by_name(tmp_path):
 # ---- a damaged cache entry is recomputed with one warning; a bad text.checkpoint is one error naming it ------------
 
 
-class _Payload:
-    def __reduce__(self):
-        return (os.getcwd, ())  # harmless, but a global the weights-only loader must refuse
-
-
 def _plant(path, kind):
     good = torch.load(path, weights_only=True)
     if kind == "nan":
@@ -112,7 +108,7 @@ def _plant(path, kind):
     elif kind == "truncated":
         path.write_bytes(path.read_bytes()[:40])
     elif kind == "payload":
-        torch.save({"caption": good["caption"], "emb": _Payload()}, path)
+        torch.save({"caption": good["caption"], "emb": PlantedPayload()}, path)
 
 
 @pytest.mark.parametrize("kind", ["nan", "structure", "shape", "truncated", "payload"])

@@ -120,10 +120,13 @@ def test_tensorboard_events_hold_curves_and_sample_gif(shapes_root, tmp_path, mo
                 "logging.quality_every_n_steps": 2,
                 "logging.quality_num_videos": 2,
                 "logging.quality_steps": 2,
+                "trainer.profiler": "simple",
             },
         ),
     )
     run_dir = fit(cfg, enable_progress_bar=False)
+    profile_report = (run_dir / "fit-profile.txt").read_text()  # trainer.profiler: seconds per hook
+    assert "training_step" in profile_report and "train_dataloader_next" in profile_report
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
     for tag in (

@@ -27,11 +27,14 @@ def make_step(
     size: tuple[int, int],
     channels_last: bool = False,
     compile_options: dict | None = None,
+    overrides: dict | None = None,
+    self_cond_prob: float | None = None,
 ):
     """A closure running one training step (loss, backward, clip, AdamW) of ``preset``, as `bench` times it;
-    ``compile_options``: torch.compile the backbone with them (experiments/profile/compile_step.py)."""
+    ``compile_options``: torch.compile the backbone with them (experiments/profile/compile_step.py); ``overrides``:
+    the backbone's ``model.overrides``; ``self_cond_prob``: the self-conditioning rate (None: the config's)."""
     torch.manual_seed(0)
-    module, forward = build_bench_module(preset, frames, size, "cpu")
+    module, forward = build_bench_module(preset, frames, size, "cpu", overrides=overrides)
     if compile_options is not None:
         forward = torch.compile(module.backbone, **compile_options)
     if channels_last:  # only the 5-D (Conv3d) weights have a channels-last layout
@@ -53,7 +56,7 @@ def make_step(
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        per_sample, _ = module.diffusion_loss(data, generator, backbone=forward)
+        per_sample, _ = module.diffusion_loss(data, generator, backbone=forward, self_cond_prob=self_cond_prob)
         per_sample.mean().backward()
         torch.nn.utils.clip_grad_norm_(params, module.cfg.optim.grad_clip)
         optimizer.step()
@@ -72,13 +75,58 @@ def ms_per_video(step, batch: int, repeats: int = 5) -> float:
     return 1000 * statistics.median(times) / batch
 
 
+def profile_recipe(recipe: str, out: Path) -> None:
+    """torch.profiler over one compute-only step of an ablation recipe (after two warm-up steps): the top ops by
+    self CPU time, with the FLOPs torch counts for the matmuls and convolutions and the rate they ran at."""
+    from lit_snapvideo.config import load_config
+
+    cfg = load_config(f"experiments/ablation/{recipe}.yaml")
+    batch, frames, size = cfg.data.batch_size, cfg.data.frames, tuple(cfg.data.size)
+    step = make_step(cfg.model.preset, batch, frames, size, overrides=dict(cfg.model.overrides))
+    step(), step()
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        step()
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events)
+    lines = [
+        f"{recipe} ({cfg.model.preset}, overrides {dict(cfg.model.overrides)}), batch {batch}, "
+        f"{frames}x{size[0]}x{size[1]}, {torch.get_num_threads()} threads: one compute-only training step, "
+        f"{total_us / 1000:.0f} ms self CPU time in all",
+        "",
+        "| op | self CPU ms | share | calls | GFLOP (torch's count) | GFLOP/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:25]:
+        gflop = e.flops / 1e9 if e.flops else 0.0
+        rate = f"{gflop / (e.self_cpu_time_total / 1e6):.0f}" if gflop and e.self_cpu_time_total else "-"
+        lines.append(
+            f"| {e.key} | {e.self_cpu_time_total / 1000:.1f} | {100 * e.self_cpu_time_total / total_us:.1f}% | "
+            f"{e.count} | {gflop:.2f} | {rate} |"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{recipe}_recipe_top_ops.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--out", default="results/profile")
     parser.add_argument("--skip-profile", action="store_true", help="only time the variants")
+    parser.add_argument(
+        "--recipes",
+        default=None,
+        help="profile these ablation recipes (experiments/ablation/<name>.yaml: preset, overrides, clip, batch) "
+        "with per-op GFLOP/s, instead of the small pair and the variants",
+    )
     args = parser.parse_args()
+    if args.recipes:
+        torch.set_num_threads(args.threads)
+        torch.set_flush_denormal(True)
+        for recipe in args.recipes.split(","):
+            profile_recipe(recipe, Path(args.out))
+        return
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     frames, size = 16, (40, 64)

@@ -24,6 +24,7 @@ PAPER_ROWS = {row["preset"]: row for row in paper.TABLE2}
 RATIO_PAIRS = [
     ("fit_500m", "unet_284m", "fit_500m", "unet_284m"),
     ("fit_small", "unet_small", "fit_500m", "unet_284m"),
+    ("fit_mini", "unet_mini", "fit_500m", "unet_284m"),  # the CPU ablation pair (make bench-compile)
     ("fit_3_9b", "unet_284m", "fit_3_9b", "unet_284m"),
 ]
 
@@ -90,12 +91,14 @@ SCALING_COLUMNS = [
 
 def speedups(rows: list[dict]) -> list[dict]:
     """FIT over U-Net speed-ups (U-Net ms / FIT ms) for each pair measured in this run, with the paper's."""
-    by_preset = {r["preset"]: r for r in rows}
     out = []
-    for fit, unet, paper_fit, paper_unet in RATIO_PAIRS:
+    for compiled, fit, unet, paper_fit, paper_unet in (
+        (c, *pair) for c in (False, True) for pair in RATIO_PAIRS
+    ):  # eager with eager, compiled with compiled
+        by_preset = {r["preset"]: r for r in rows if bool(r.get("compile")) == compiled}
         if fit not in by_preset or unet not in by_preset:
             continue
-        entry = {"fit": fit, "unet": unet, "paper_pair": f"{paper_fit} / {paper_unet}"}
+        entry = {"fit": fit, "unet": unet, "paper_pair": f"{paper_fit} / {paper_unet}", "compiled": compiled}
         for ours, phase, paper_key in (
             ("train", "train", "train_ms"),
             ("eval", "eval", "infer_ms"),
@@ -108,6 +111,12 @@ def speedups(rows: list[dict]) -> list[dict]:
             )
         out.append(entry)
     return out
+
+
+def compile_mode(settings: BenchSettings) -> str:
+    if settings.compile_rows:
+        return "each preset eager and compiled (inductor, dynamic=False; the compile time in the notes)"
+    return "on" if settings.compile else "off"
 
 
 def ms_cell(row: dict, phase: str) -> str:
@@ -132,7 +141,7 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
             f"CPU while measuring: the timings are noisy)"
         )
     lines += [
-        f"- Precision: {settings.precision}; torch.compile: {'on' if settings.compile else 'off'}; "
+        f"- Precision: {settings.precision}; torch.compile: {compile_mode(settings)}; "
         f"clip {settings.frames} x {settings.size[0]} x {settings.size[1]} (the paper's 36x64 padded to 40x64); "
         f"batch sizes: {batches}",
         f"- Method: {settings.warmup} warm-up call(s), then {settings.repeats} synchronised repeats; "
@@ -161,6 +170,8 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
         )
         if (r["frames"], r["height"], r["width"]) != (settings.frames, *settings.size):  # an upsampler: its own clip
             name += f" at {r['frames']}x{r['height']}x{r['width']}"
+        if settings.compile_rows and r["compile"]:
+            name += " compiled"
         mfu = lambda p: (
             f"{r[f'{p}_tflops']:.3f} ({100 * r[f'{p}_mfu']:.1f}%)" if r.get(f"{p}_tflops") is not None else "-"
         )
@@ -183,7 +194,7 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
         for s in ratios:
             x = lambda v: f"{v:.2f}x" if v is not None else "-"
             lines.append(
-                f"| {s['fit']} / {s['unet']} | {x(s['train'])} | {x(s['paper_train'])} | {x(s['eval'])} | "
+                f"| {s['fit']} / {s['unet']}{' (compiled)' if s['compiled'] else ''} | {x(s['train'])} | {x(s['paper_train'])} | {x(s['eval'])} | "
                 f"{x(s['paper_eval'])} | {x(s['sample'])} | {s['paper_pair']} |"
             )
     return "\n".join(lines) + "\n"

@@ -153,7 +153,7 @@ def measure_planned(
             size=(row["height"], row["width"]),
             phases=phases,
             precision=settings.precision,
-            compile=settings.compile,
+            compile=row["compile"],
             grad_checkpointing=settings.grad_checkpointing,
             repeats=settings.repeats,
             warmup=settings.warmup,
@@ -174,6 +174,8 @@ def measure_planned(
             row[f"{phase}_mfu"] = achieved / peak_flops if peak_flops else None
             row[f"peak_mem_{phase}_gib"] = result[phase]["peak_gib"]
             row[f"{phase}_warmup_s"] = result[phase].get("warmup_s")
+            if row["compile"] and row[f"{phase}_warmup_s"] is not None:
+                notes.append(f"{phase}: compile + first call {row[f'{phase}_warmup_s']:.0f} s")
     row["notes"] = "; ".join(notes)
     return row
 
@@ -227,7 +229,10 @@ def run_bench(
     settings = dataclasses.replace(settings, threads=settings.resolved_threads()[0])  # fixed for the whole run
     peak = reference_peak(settings)
     log(f"{info['hardware']}, {info['threads']}; MFU reference: {peak['label']}")
-    plans = [plan_preset(p, settings) for p in settings.presets]
+    variants = (
+        [dataclasses.replace(settings, compile=c) for c in (False, True)] if settings.compile_rows else [settings]
+    )
+    plans = [plan_preset(p, variant) for p in settings.presets for variant in variants]
     for plan in plans:
         plan["notes"] += [f"{p} not requested" for p in PHASES if p not in settings.phases_for(plan["preset"])]
     rows = measure_all(plans, settings, peak["flops"], log)

@@ -40,6 +40,7 @@ class BenchSettings:
     size: tuple[int, int] = tuple(DataConfig().pad_to)  # (H, W) the backbone sees: 36x64 padded to 40x64
     precision: str = "fp32"  # fp32 | bf16 (autocast on the backbone; master weights, EDM and sampler fp32)
     compile: bool = False  # torch.compile the backbone
+    compile_rows: bool = False  # each preset twice: an eager row and a compiled row (the compile time in its notes)
     grad_checkpointing: bool = False
     repeats: int = 5
     warmup: int = 1

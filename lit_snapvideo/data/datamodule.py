@@ -50,7 +50,7 @@ def validation_set(val: list[Record], c: DictConfig, skip_log: SkipLog, frames: 
     ``data.val_fps`` from frame 0. ``frames``: instead of ``data.frames`` (data check's --frames)."""
     val = val[: c.limit_val_clips] if c.limit_val_clips > 0 else val
     return ClipDataset(val, frames or c.frames, list(c.size), fps_choices=[c.val_fps], train=False,
-                       skip_log=skip_log, low_res_size=c.low_res_size)
+                       skip_log=skip_log, low_res_size=c.low_res_size, decoded_cache_mb=c.decoded_cache_mb)
 
 
 class EDMDataModule(L.LightningDataModule):
@@ -80,7 +80,8 @@ class EDMDataModule(L.LightningDataModule):
         c = self.cfg
         train, val = load_records(c.root, c.manifest, self.skip_log)  # DataError for empty sets / bad manifests
         self.train_set = ClipDataset(train, c.frames, list(c.size), fps_choices=list(c.fps_choices), train=True,
-                                     skip_log=self.skip_log, low_res_size=c.low_res_size)  # padded per batch
+                                     skip_log=self.skip_log, low_res_size=c.low_res_size,  # padded per batch
+                                     decoded_cache_mb=c.decoded_cache_mb)
         self.val_set = validation_set(val, c, self.skip_log)
         check_validation_set(self.val_set, c.root)  # not at the first validation, after training has begun
         n_img = sum(self.train_set.is_image)

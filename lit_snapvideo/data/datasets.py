@@ -41,6 +41,7 @@ from .video import (
     is_video_file,
     pad_video,
     read_image,
+    DecodedVideo,
     read_video,
 )
 
@@ -343,6 +344,7 @@ class ClipDataset(Dataset):
         train: bool = False,
         skip_log: Optional[SkipLog] = None,
         low_res_size: Optional[Sequence[int]] = None,
+        decoded_cache_mb: float = 0,
     ):
         self.low_res_size = tuple(low_res_size) if low_res_size else None
         self.records = list(records)
@@ -350,6 +352,9 @@ class ClipDataset(Dataset):
         self.fps_choices, self.train, self.skip_log = list(fps_choices), train, skip_log or SkipLog()
         self.is_image = [r.is_image for r in self.records]
         self._bad: set[int] = set()  # per worker: indices known to fail, never retried
+        # per process: whole videos decoded once (data.decoded_cache_mb; results/profile/fit_step_parts.md)
+        self._decoded: dict[int, DecodedVideo] = {}
+        self._decoded_budget, self._decoded_bytes = int(decoded_cache_mb * 2**20), 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -359,6 +364,8 @@ class ClipDataset(Dataset):
         r = self.records[index]
         if r.is_image:
             video, fps, orig_hw = read_image(r.path, self.frames, self.size)
+        elif self._decoded_budget:
+            video, fps, orig_hw = self._decoded_video(index).clip(self.frames, self.fps_choices, rng)
         else:
             video, fps, orig_hw = read_video(r.path, self.frames, self.size, self.fps_choices, r.fps, rng)
         example = {
@@ -371,6 +378,17 @@ class ClipDataset(Dataset):
         if self.low_res_size:
             example["low_res"] = downsample_video(video, self.low_res_size)
         return example
+
+    def _decoded_video(self, index: int) -> DecodedVideo:
+        """Record ``index`` decoded whole, from the cache or from its file (kept while the budget lasts)."""
+        if index in self._decoded:
+            return self._decoded[index]
+        r = self.records[index]
+        decoded = DecodedVideo.read(r.path, self.frames, self.size, r.fps)
+        if self._decoded_bytes + decoded.frames.nbytes <= self._decoded_budget:
+            self._decoded[index] = decoded
+            self._decoded_bytes += decoded.frames.nbytes
+        return decoded
 
     def _replacement(self, index: int, rng: Optional[torch.Generator]) -> int:
         same_kind = [i for i, img in enumerate(self.is_image) if img == self.is_image[index] and i not in self._bad]

@@ -160,25 +160,9 @@ def _probe_size(path: Path) -> tuple[int, int]:
         raise BadFileError(path, f"not a readable video ({type(err).__name__}: {detail})") from None
 
 
-def read_video(
-    path: str | Path,
-    frames: int,
-    size: Sequence[int],
-    fps_choices: Sequence[float],
-    native_fps: Optional[float] = None,
-    rng: Optional[torch.Generator] = None,
-) -> tuple[torch.Tensor, float, tuple[int, int]]:
-    """Decode ``frames`` frames of a video at a frame rate drawn from ``fps_choices``.
-
-    The rate is drawn uniformly among the feasible choices (:func:`feasible_fps`); when none
-    fits, the clip's native rate is used. With ``rng`` the rate and the start frame are random
-    (training); without it the first feasible choice and frame 0 are used (validation).
-    ``native_fps`` overrides the container's rate (a manifest's fps column).
-
-    Returns (video float32 (3, frames, h, w) in [-1, 1], effective fps, original (H, W)).
-    Raises BadFileError.
-    """
-    path = Path(path)
+def _open_video(path: Path, frames: int, size: Sequence[int], native_fps: Optional[float]):
+    """(reader, frames it has, its rate, original (H, W), decode (H, W)) of a video that can give ``frames`` frames
+    at ``size``; raises BadFileError."""
     _check_file(path)
     orig_hw = _probe_size(path)
     decode_hw = cover_size(orig_hw, size)  # decord scales while decoding: no full-size frames in memory
@@ -192,7 +176,26 @@ def read_video(
         raise BadFileError(path, f"only {num_frames} frame(s), need at least {frames} (data.frames)")
     if not (src_fps > 0 and math.isfinite(src_fps)):
         raise BadFileError(path, f"unusable frame rate {src_fps!r}")
+    return reader, num_frames, src_fps, orig_hw, decode_hw
 
+
+def _decode(reader, path: Path, indices: Sequence[int], decode_hw: tuple[int, int], size: Sequence[int]) -> np.ndarray:
+    """uint8 (T, *size, 3): frames ``indices`` decoded, scaled to cover ``size`` and centre-cropped."""
+    try:
+        batch = reader.get_batch(list(indices)).asnumpy()  # (T, H, W, 3) uint8
+    except (decord.DECORDError, RuntimeError, IndexError) as err:
+        raise BadFileError(path, f"decoding failed, truncated or corrupt? ({str(err).splitlines()[0][-120:]})") from None
+    if batch.shape[1:3] != decode_hw:  # decord ignored the requested size: resize here
+        batch = _resize_frames(batch, decode_hw)
+    return center_crop(batch, size)
+
+
+def choose_frames(
+    frames: int, num_frames: int, src_fps: float, fps_choices: Sequence[float], rng: Optional[torch.Generator]
+) -> tuple[np.ndarray, float]:
+    """(source indices, fps) of a clip of ``frames`` frames: the rate drawn uniformly among the feasible choices
+    (:func:`feasible_fps`; none fits: the native rate) and a random start with ``rng``; else the first feasible
+    choice from frame 0."""
     choices = feasible_fps(fps_choices, src_fps, num_frames, frames) or [src_fps]
     if rng is None:
         fps = choices[0]
@@ -200,14 +203,52 @@ def read_video(
     else:
         fps = choices[int(torch.randint(len(choices), (1,), generator=rng))]
         start = int(torch.randint(num_frames - span_frames(frames, src_fps, fps) + 1, (1,), generator=rng))
-    indices = np.minimum(frame_indices(frames, src_fps, fps, start), num_frames - 1)
-    try:
-        batch = reader.get_batch(indices.tolist()).asnumpy()  # (T, H, W, 3) uint8
-    except (decord.DECORDError, RuntimeError, IndexError) as err:
-        raise BadFileError(path, f"decoding failed, truncated or corrupt? ({str(err).splitlines()[0][-120:]})") from None
-    if batch.shape[1:3] != decode_hw:  # decord ignored the requested size: resize here
-        batch = _resize_frames(batch, decode_hw)
-    return to_tensor(center_crop(batch, size)), float(fps), orig_hw
+    return np.minimum(frame_indices(frames, src_fps, fps, start), num_frames - 1), float(fps)
+
+
+def read_video(
+    path: str | Path,
+    frames: int,
+    size: Sequence[int],
+    fps_choices: Sequence[float],
+    native_fps: Optional[float] = None,
+    rng: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """Decode ``frames`` frames of a video at a frame rate drawn from ``fps_choices`` (:func:`choose_frames`).
+
+    With ``rng`` the rate and the start frame are random (training); without it the first feasible choice and
+    frame 0 are used (validation). ``native_fps`` overrides the container's rate (a manifest's fps column).
+
+    Returns (video float32 (3, frames, h, w) in [-1, 1], effective fps, original (H, W)).
+    Raises BadFileError.
+    """
+    path = Path(path)
+    reader, num_frames, src_fps, orig_hw, decode_hw = _open_video(path, frames, size, native_fps)
+    indices, fps = choose_frames(frames, num_frames, src_fps, fps_choices, rng)
+    return to_tensor(_decode(reader, path, indices.tolist(), decode_hw, size)), fps, orig_hw
+
+
+@dataclass
+class DecodedVideo:
+    """A whole video decoded once at the training size (``data.decoded_cache_mb``): uint8 ``frames`` (N, h, w, 3),
+    its frame rate and original (H, W). :meth:`clip` draws from it exactly what :func:`read_video` would decode."""
+
+    frames: np.ndarray
+    fps: float
+    orig_hw: tuple[int, int]
+
+    @classmethod
+    def read(cls, path: str | Path, frames: int, size: Sequence[int], native_fps: Optional[float] = None):
+        path = Path(path)
+        reader, num_frames, src_fps, orig_hw, decode_hw = _open_video(path, frames, size, native_fps)
+        return cls(_decode(reader, path, range(num_frames), decode_hw, size), src_fps, orig_hw)
+
+    def clip(
+        self, frames: int, fps_choices: Sequence[float], rng: Optional[torch.Generator] = None
+    ) -> tuple[torch.Tensor, float, tuple[int, int]]:
+        """:func:`read_video`'s (video, fps, original (H, W)), from the decoded frames."""
+        indices, fps = choose_frames(frames, len(self.frames), self.fps, fps_choices, rng)
+        return to_tensor(self.frames[indices]), fps, self.orig_hw
 
 
 def _resize_frames(frames: np.ndarray, hw: Sequence[int]) -> np.ndarray:

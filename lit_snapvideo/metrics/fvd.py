@@ -13,21 +13,22 @@ Protocol (checked against universome/stylegan-v ``src/metrics/frechet_video_dist
 
 The metric is named after its protocol, ``fvd{num_videos}_{frames}f``: a run on fewer videos is named for the
 number it used, so a 256-video FVD is never reported as ``fvd2048_16f``. Real statistics are cached on disk,
-keyed by the data's identity (given by the caller), the protocol and the detector file's hash.
+keyed by the data's identity (given by the caller: data set, split, count, clip shape, frame rate), the protocol
+(number of videos, frames) and the detector file's hash, and validated when read (a damaged one is recomputed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
 from ..errors import UserError, one_line
+from ..safe_load import read_cache_entry, save_atomic
 from .frechet import GaussianStats, feature_stats, frechet_distance_from_stats
 
 # stylegan-v's detector_kwargs for FVD (frechet_video_distance.compute_fvd)
@@ -93,6 +94,11 @@ def iter_video_batches(source: VideoSource, batch_size: int) -> Iterable[torch.T
         return
     for batch in source:
         yield batch["video"] if isinstance(batch, dict) else batch
+
+
+def stats_digest(mu: torch.Tensor, sigma: torch.Tensor) -> str:
+    """SHA-256 of the statistics' bytes, stored with them: a cache file edited after it was written is caught."""
+    return hashlib.sha256(mu.contiguous().numpy().tobytes() + sigma.contiguous().numpy().tobytes()).hexdigest()
 
 
 def real_stats_key(data_id: str, split: str, num_videos: int, frames: int, size: Sequence[int], fps: float) -> str:
@@ -168,28 +174,49 @@ class FVD:
 
     def real_stats(self, source: VideoSource, key: str) -> GaussianStats:
         """Real-data statistics, read from the cache when ``key`` (the data's identity: root, split, size...),
-        the protocol and the detector file all match a previous call; computed and cached otherwise."""
+        the protocol and the detector file all match a previous call; computed and cached otherwise. A cache file
+        that does not load or validate (:meth:`_cache_problem`) is one warning naming it, then computed again
+        and replaced."""
         path = self.cache_path(key)
-        if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)  # a pickle can run code
+        saved = read_cache_entry(
+            path, lambda entry: self._cache_problem(entry, key), "FVD statistics cache", "computing them again"
+        )
+        if saved is not None:
             return GaussianStats(saved["mu"], saved["sigma"], saved["num"])
         stats = self.stats(source)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        torch.save(
-            {
-                "mu": stats.mu,
-                "sigma": stats.sigma,
-                "num": stats.num,
-                "key": key,
-                "protocol": self.name,
-                "detector": str(self.detector_path),
-                "detector_sha256": self.detector_hash,
-            },
-            tmp,
-        )
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        entry = {
+            "mu": stats.mu,
+            "sigma": stats.sigma,
+            "num": stats.num,
+            "key": key,
+            "protocol": self.name,
+            "detector": str(self.detector_path),
+            "detector_sha256": self.detector_hash,
+            "digest": stats_digest(stats.mu, stats.sigma),
+        }
+        save_atomic(entry, path)
         return stats
+
+    def _cache_problem(self, entry: object, key: str) -> Optional[str]:
+        """Why a loaded statistics file cannot be used (None: it can): it must be this key's, protocol's and
+        detector's, hold a finite float64 mean (D,) and a symmetric covariance (D, D) of ``num_videos`` videos,
+        and match the digest written with it (an edited mean gave FVD 1.4e7 without a word)."""
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), torch.Tensor) for k in ("mu", "sigma")):
+            return "not a {mu, sigma, num} statistics entry"
+        wanted = {"key": key, "protocol": self.name, "detector_sha256": self.detector_hash, "num": self.num_videos}
+        for name, value in wanted.items():
+            if entry.get(name) != value:
+                return f"{name} is {entry.get(name)!r}, expected {value!r}"
+        mu, sigma = entry["mu"], entry["sigma"]
+        if mu.dtype != torch.float64 or sigma.dtype != torch.float64 or mu.ndim != 1 or sigma.shape != (len(mu),) * 2:
+            return f"a mean {tuple(mu.shape)} {mu.dtype} and covariance {tuple(sigma.shape)} {sigma.dtype}, expected (D,) and (D, D) float64"
+        if not bool(mu.isfinite().all() and sigma.isfinite().all()):
+            return "NaN or inf in the statistics"
+        if not torch.allclose(sigma, sigma.T) or bool((sigma.diagonal() < 0).any()):
+            return "the covariance is not symmetric with a non-negative diagonal"
+        if entry.get("digest") != stats_digest(mu, sigma):
+            return "the statistics do not match the digest written with them"
+        return None
 
     def score(self, fake_sets: Sequence[VideoSource], real: GaussianStats) -> dict:
         """FVD of each generated set (one per sampling seed) against ``real``: mean, sample std and the values."""

@@ -18,18 +18,19 @@ runs of this kit against each other on the same data set and probe.
 
 Only one-object clips are used: with two objects, which one a single-label probe should name is undefined, so
 :func:`prompt_accuracy` skips two-object prompts (and says how many it scored). The probe is cached under
-``cache_dir/<hash>.pt``, keyed by the data set's records and every training setting, with its measured
-validation accuracy, its training time and the real reference statistics.
+``cache_dir/<hash>.pt``, keyed by the data set's records, the clip shape and every training setting, with its
+measured validation accuracy, its training time and the real reference statistics; an entry is checked when read
+(one trained for another clip shape, or damaged, is trained again).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -42,7 +43,8 @@ from torch.utils.data import DataLoader
 from ..data.datasets import ClipDataset, Record, SkipLog, load_records
 from ..data.shapes import COLORS, DIRECTIONS, SHAPES, parse_caption
 from ..data.video import crop_padding
-from ..safe_load import CheckpointError, load_checkpoint_file
+from ..errors import one_line
+from ..safe_load import CheckpointError, load_checkpoint_file, nonfinite_tensors, read_cache_entry, save_atomic
 from .frechet import GaussianStats, feature_stats, frechet_distance_from_stats
 
 log = logging.getLogger(__name__)
@@ -347,13 +349,15 @@ def augment(clips: torch.Tensor, labels: dict[str, torch.Tensor], g: torch.Gener
 
 
 def save_probe(probe: Probe, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    torch.save(
-        {"version": PROBE_VERSION, "config": probe.config, "state_dict": probe.state_dict(), "meta": probe.meta}, tmp
-    )
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    entry = {"version": PROBE_VERSION, "config": probe.config, "state_dict": probe.state_dict(), "meta": probe.meta}
+    save_atomic(entry, path)
+
+
+def _probe_from(saved: dict) -> Probe:
+    probe = Probe(**saved["config"])
+    probe.load_state_dict(saved["state_dict"])
+    probe.meta = saved["meta"]
+    return probe.eval()
 
 
 def load_probe(path: str | os.PathLike) -> Probe:
@@ -363,17 +367,42 @@ def load_probe(path: str | os.PathLike) -> Probe:
         raise FileNotFoundError(f"{path}: probe checkpoint not found")
 
     try:  # weights only: a cache file is a pickle too, and one planted there must not run code
-        saved = load_checkpoint_file(path, "cpu", hint="delete it and the probe is trained again")
-        probe = Probe(**saved["config"])
-        probe.load_state_dict(saved["state_dict"])
-        probe.meta = saved["meta"]
+        return _probe_from(load_checkpoint_file(path, "cpu", hint="delete it and the probe is trained again"))
     except CheckpointError:
         raise
     except Exception as err:
         raise ValueError(
             f"{path}: not a probe checkpoint written by save_probe ({type(err).__name__}: {err})"
         ) from None
-    return probe.eval()
+
+
+def _cached_probe_problem(entry: object, frames: int, size: Sequence[int]) -> Optional[str]:
+    """Why a loaded probe cache entry cannot be used (None: it can): a probe of this version trained on clips of
+    ``frames`` x ``size``, with finite weights and finite real reference statistics."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), dict) for k in ("config", "state_dict", "meta")):
+        return "not a probe written by save_probe"
+    if entry.get("version") != PROBE_VERSION:
+        return f"probe version {entry.get('version')!r}, expected {PROBE_VERSION}"
+    config = entry["config"]
+    if config.get("frames") != frames or list(config.get("size") or ()) != list(size):
+        return (
+            f"trained on clips of {config.get('frames')} frames of {config.get('size')}, "
+            f"expected {frames} frames of {list(size)}"
+        )
+    ref = entry["meta"].get("reference")
+    if not isinstance(ref, dict) or not all(isinstance(ref.get(k), torch.Tensor) for k in ("mu", "sigma")):
+        return "no real reference statistics"
+    if nonfinite_tensors(entry["state_dict"]) or nonfinite_tensors(ref):
+        return "NaN or inf in its weights or reference statistics"
+    try:
+        _probe_from(entry)
+    except Exception as err:
+        return f"its weights do not fit the probe ({one_line(err)})"
+    return None
+
+
+# the clip shape and frame rate a probe is trained and measured at: always in its cache key, given or defaulted
+CLIP_DEFAULTS = {k: inspect.signature(train_probe).parameters[k].default for k in ("frames", "size", "val_fps")}
 
 
 def load_or_train_probe(
@@ -383,13 +412,21 @@ def load_or_train_probe(
     **train_kwargs,
 ) -> Probe:
     """The probe for the data set at ``root``: read from ``cache_dir/<hash>.pt`` when the data set (its
-    records) and every training setting match, trained with :func:`train_probe` and cached otherwise."""
-    settings = {k: v for k, v in train_kwargs.items() if k != "num_workers"}  # workers do not change the probe
+    records), the clip shape and every training setting match, trained with :func:`train_probe` and cached
+    otherwise. A cache entry that does not load or validate is one warning naming it, then trained again."""
+    settings = dict(CLIP_DEFAULTS)
+    settings.update((k, v) for k, v in train_kwargs.items() if k != "num_workers")  # workers do not change it
     key = {"version": PROBE_VERSION, "data": data_fingerprint(root, manifest), **settings}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{digest}.pt"
-    if path.is_file():
-        return load_probe(path)
+    saved = read_cache_entry(
+        path,
+        lambda entry: _cached_probe_problem(entry, settings["frames"], settings["size"]),
+        "probe cache",
+        "training the probe again",
+    )
+    if saved is not None:
+        return _probe_from(saved)
     probe = train_probe(root, manifest, work_dir=cache_dir, **train_kwargs)
     save_probe(probe, path)
     return probe

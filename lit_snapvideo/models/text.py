@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,8 +30,14 @@ import torch
 from open_clip.model import CLIPTextCfg, _build_text_tower
 from torch import nn
 
-from ..errors import one_line
-from ..safe_load import CheckpointError, load_checkpoint_file, require_finite, unreadable_reason
+from ..safe_load import (
+    CheckpointError,
+    load_checkpoint_file,
+    read_cache_entry,
+    require_finite,
+    save_atomic,
+    unreadable_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,11 @@ def _tower_config(name: str) -> tuple[dict, int, bool]:
             f"text.encoder: {name!r} uses a Hugging Face text tower; only open_clip's own TextTransformer towers are supported"
         )
     return text_cfg, model_cfg["embed_dim"], bool(model_cfg.get("quick_gelu", False))
+
+
+def tower_width(name: str) -> int:
+    """The embedding width of text encoder ``name`` (256 for tiny, 512 for ViT-B-32), without building it."""
+    return int(_tower_config(name)[0]["width"])
 
 
 def _text_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -188,28 +198,23 @@ class TextEncoder(nn.Module):
     def _lookup(self, caption: str) -> Optional[torch.Tensor]:
         if caption in self._memory:
             return self._memory[caption]
-        path = self._file(caption) if self.cache_dir is not None else None
-        if path is None or not path.is_file():
+        if self.cache_dir is None:
             return None
-        try:
-            entry = load_checkpoint_file(path, "cpu", hint="delete it and the caption is encoded again")
-            problem = self._entry_problem(entry, caption)
-        except Exception as err:  # unsafe, half-written or damaged: one warning, then the entry is recomputed
-            problem = f"unreadable ({one_line(err)})"
-        if problem:
-            log.warning("text cache %s: %s; encoding the caption again", path, problem)
+        entry = read_cache_entry(
+            self._file(caption),
+            lambda entry: self._entry_problem(entry, caption),
+            "text cache",
+            "encoding the caption again",
+        )
+        if entry is None:
             return None
         self._memory[caption] = entry["emb"]
         return entry["emb"]
 
     def _store(self, caption: str, emb: torch.Tensor) -> None:
         self._memory[caption] = emb
-        if self.cache_dir is None:
-            return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._file(caption).with_suffix(f".tmp{os.getpid()}")
-        torch.save({"caption": caption, "emb": emb}, tmp)
-        os.replace(tmp, self._file(caption))  # atomic: concurrent ranks never read half a file
+        if self.cache_dir is not None:
+            save_atomic({"caption": caption, "emb": emb}, self._file(caption))
 
     def encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """captions (B strings) -> (emb float32 (B, max_length, dim), mask bool (B, max_length)),

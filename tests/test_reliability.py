@@ -348,6 +348,23 @@ def test_resume_over_a_damaged_summary_rewrites_it(shapes_root, tiny_checkpoint,
     assert f"{summary}: not valid JSON (Unterminated string" in caplog.text
 
 
+def test_a_results_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """summary.json and metrics.json go to a temporary file and are renamed over the old one: a write that fails
+    (here the rename) leaves the old file as it was and no temporary file beside it."""
+    from lit_snapvideo import results
+
+    path = tmp_path / "summary.json"
+    results.write_json_atomic(path, {"steps": 1})
+
+    def failing_rename(src, dst):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(results.os, "replace", failing_rename)
+    with pytest.raises(OSError, match="No space left"):
+        results.write_json_atomic(path, {"steps": 2})
+    assert _strict_json(path) == {"steps": 1} and list(tmp_path.iterdir()) == [path]
+
+
 def _strict_json(path: Path) -> dict:
     def refuse(constant):
         raise AssertionError(f"{path} holds {constant}: not JSON")

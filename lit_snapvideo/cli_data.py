@@ -104,7 +104,8 @@ def _run_data_shapes(args: argparse.Namespace) -> None:
 
 def _run_data_check(args: argparse.Namespace) -> None:
     from .config import DataConfig, load_config
-    from .data.datasets import ClipDataset, DataError, SkipLog, load_records
+    from .data.datamodule import validation_set
+    from .data.datasets import ClipDataset, DataError, SkipLog, check_batch_size, check_validation_set, load_records
     from .data.video import BadFileError
 
     d = load_config(args.config).data if args.config else DataConfig()
@@ -135,3 +136,7 @@ def _run_data_check(args: argparse.Namespace) -> None:
             f"{root}: none of its {len(records)} file(s) can be used at {frames} frames (e.g. {first_bad}); "
             "the warnings above list each one"
         )
+    # what fit refuses before its first step
+    check_validation_set(validation_set(val, d, skips, frames), root)
+    if args.config:  # a batch size of its own: the defaults' would judge a small set by a recipe it is not for
+        check_batch_size(d.batch_size, len(train), root)

@@ -71,6 +71,8 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
 def _read_prompts(args: argparse.Namespace) -> list[str]:
     from pathlib import Path
 
+    from .config import has_line_break
+
     prompts = list(args.prompt)
     if args.prompts_file:
         path = Path(args.prompts_file)
@@ -86,6 +88,12 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     empty = [i for i, p in enumerate(prompts) if not p.strip()]
     if empty:
         raise UserError(f"prompt {empty[0] + 1} is empty; every prompt needs text")
+    broken = [i for i, p in enumerate(prompts) if has_line_break(p)]
+    if broken:
+        raise UserError(
+            f"prompt {broken[0] + 1} ({prompts[broken[0]]!r}) holds a line break; a prompt is one line "
+            "(prompts.txt beside the videos holds one per line)"
+        )
     return prompts
 
 

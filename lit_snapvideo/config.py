@@ -428,6 +428,12 @@ def validate(cfg: DictConfig, source: str = "config", overrides: Sequence[str] =
     check(up.residual_scale >= 0, "upsampler.residual_scale", "0 (off) or a scale > 0", up.residual_scale)
     if cfg.model.init_from is not None:
         check(Path(cfg.model.init_from).is_file(), "model.init_from", "a stage-1 checkpoint file", cfg.model.init_from)
+    for key in ("logging.experiment", "logging.version"):  # run folder = logging.root / experiment / version
+        name = OmegaConf.select(cfg, key)
+        inside = name is None or not (Path(name).is_absolute() or ".." in Path(name).parts)
+        check(inside, key, "a name inside logging.root: not absolute, no '..'", name)
+    for prompt in cfg.logging.sample_prompts:
+        check(not has_line_break(prompt), "logging.sample_prompts", "prompts without line breaks", prompt)
     for key in ("logging.root", "text.cache_dir"):
         folder = OmegaConf.select(cfg, key)
         blocker = file_in_the_way(folder)
@@ -474,6 +480,12 @@ def upsampler_problem(cfg: DictConfig) -> Optional[str]:
             "set 0 for an upsampler (its measure: lit-snapvideo upsampler-eval)"
         )
     return None
+
+
+def has_line_break(text: str) -> bool:
+    """Whether ``text`` holds a line break (any that str.splitlines splits at): prompts.txt keeps one prompt per line,
+    as --prompts-file reads it back."""
+    return "".join(text.splitlines()) != text
 
 
 def file_in_the_way(folder: str | os.PathLike) -> Optional[Path]:

@@ -6,13 +6,13 @@ one) and writes Table 2's layout: parameters, train and inference ms/video, vali
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
 from . import paper
+from .results import read_json_object
 
 QUALITY_PREFIXES = (
     "probe/prompt",
@@ -57,7 +57,7 @@ def load_run(run_dir: str | Path) -> dict:
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"{summary_path}: no run summary (train it first, e.g. make ablation-fit)")
-    run = json.loads(summary_path.read_text())
+    run = read_json_object(summary_path)
     config_path = run_dir / "config.yaml"  # summaries written before data_root / clip were recorded: the run's config
     if ("data_root" not in run or "clip" not in run) and config_path.is_file():
         data = (yaml.safe_load(config_path.read_text()) or {}).get("data", {})
@@ -65,7 +65,7 @@ def load_run(run_dir: str | Path) -> dict:
         if data.get("frames") and data.get("pad_to"):
             run.setdefault("clip", [data["frames"], *data["pad_to"]])
     metrics_path = run_dir / "metrics.json"
-    run["metrics"] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    run["metrics"] = read_json_object(metrics_path) if metrics_path.is_file() else {}
     return run
 
 

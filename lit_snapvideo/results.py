@@ -1,6 +1,7 @@
 """Results files (summary.json, metrics.json) as strict JSON, written atomically.
 
     write_json_atomic(run_dir / "metrics.json", metrics)     # NonFiniteResultError naming the key of a NaN
+    summary = read_json_object(run_dir / "summary.json")      # UserError naming a damaged file
 
 ``json.dumps`` writes NaN and Infinity by default, which no JSON parser other than Python's reads, and a NaN
 metric is no result: a NaN or inf raises :class:`NonFiniteResultError` naming the file and the keys, unless the
@@ -59,6 +60,22 @@ def _nulled(value: Any) -> Any:
         return {k: _nulled(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_nulled(v) for v in value]
+    return value
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A results file's JSON object; UserError naming the file when it is damaged (not text, not JSON, not an
+    object: a file cut short before the writes were atomic). FileNotFoundError when there is none."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:  # OSError: e.g. a folder of that name
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path}: not valid JSON ({reason})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: not a JSON object (a {type(value).__name__})")
     return value
 
 

@@ -61,6 +61,12 @@ def load_checkpoint_file(
         ) from None
 
 
+def unreadable_reason(err: BaseException) -> str:
+    """Why torch could not read a cut or foreign file, short: the first sentence of its error's first line (torch's
+    messages run to many lines of advice and name no file; the caller names it)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+
+
 def read_cache_entry(
     path: str | os.PathLike, problem: Callable[[Any], Optional[str]], what: str, redo: str
 ) -> Optional[Any]:

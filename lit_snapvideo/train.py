@@ -39,13 +39,14 @@ from .callbacks import (
     TrainingStopped,
     WallTime,
 )
-from .config import ConfigError, save_config
+from .config import ConfigError, file_in_the_way, save_config
 from .data.datamodule import EDMDataModule
-from .results import write_json_atomic
+from .errors import UserError
+from .results import read_json_object, write_json_atomic
 from .module import EDMVideoModule, module_for, state_dict_mismatch
 from .models.presets import forward_flops
 from .run_lock import LOCK_NAME, NEW_VERSION_LOCK, FolderLock
-from .safe_load import CheckpointError, load_checkpoint_file, require_finite
+from .safe_load import CheckpointError, load_checkpoint_file, require_finite, unreadable_reason
 from .sharding import STRATEGY as FSDP, fsdp_strategy
 
 log = logging.getLogger("lit_snapvideo")
@@ -205,7 +206,7 @@ def check_resume(cfg: DictConfig, module: EDMVideoModule, path: Path) -> None:
     except CheckpointError:
         raise
     except Exception as err:  # torch's errors for a cut or corrupt file are many lines and do not name it
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        reason = unreadable_reason(err)
         raise CheckpointError(f"{path}: cannot resume: the file is truncated or corrupt ({reason}); {fresh}") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     saved = ((hparams or {}).get("cfg") or {}).get("model")
@@ -292,6 +293,7 @@ def _fit_locked(
     run_dir = run_dir_of(cfg)
     trainer = None
     try:
+        check_run_folders(run_dir)
         L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
         set_cpu_threads(cfg)
         datamodule = EDMDataModule(cfg)
@@ -337,6 +339,18 @@ def _fit_locked(
     return run_dir
 
 
+RUN_FOLDERS = ("checkpoints", "samples")  # what a run makes inside its folder
+
+
+def check_run_folders(run_dir: Path) -> None:
+    """UserError naming a plain file where the run makes one of :data:`RUN_FOLDERS`: refused before the first
+    step (samples/ is made at the first sample step, when training had begun), not as an OS error's traceback."""
+    for name in RUN_FOLDERS:
+        blocker = file_in_the_way(run_dir / name)
+        if blocker is not None:
+            raise UserError(f"{blocker} is a file where the run writes its {name}/ folder; move it away")
+
+
 def launched_ranks() -> int:
     """Processes started together by an outside launcher (torchrun's WORLD_SIZE, SLURM's task count), else 1."""
     return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
@@ -374,16 +388,12 @@ def read_summary(path: Path) -> dict:
     """A run's summary.json, or {} when there is none or it is damaged (with a warning naming it: the next
     write_summary replaces it)."""
     try:
-        summary = json.loads(path.read_text())
+        return read_json_object(path)
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        log.warning("%s: unreadable (%s); writing a new one", path, str(err).splitlines()[0] if str(err) else err)
+    except UserError as err:
+        log.warning("%s; writing a new one", err)
         return {}
-    if not isinstance(summary, dict):
-        log.warning("%s: not a JSON object; writing a new one", path)
-        return {}
-    return summary
 
 
 def write_summary(

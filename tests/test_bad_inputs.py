@@ -67,6 +67,10 @@ CONFIG = [
     ("logging_root_is_a_file", ["logging.root={file}"], "bad value for 'logging.root'"),
     ("logging_root_inside_a_file", ["logging.root={file}/runs"], "is a file"),
     ("text_cache_inside_a_file", ["text.cache_dir={file}/cache"], "bad value for 'text.cache_dir'"),
+    # before: the run was written outside logging.root
+    ("experiment_climbs_out", ["logging.experiment=a/../../b"], "bad value for 'logging.experiment': 'a/../../b'"),
+    ("experiment_absolute", ["logging.experiment={file}.d"], "bad value for 'logging.experiment'"),
+    ("version_climbs_out", ["logging.version=../v"], "bad value for 'logging.version': '../v' (expected a name"),
 ]
 
 
@@ -83,6 +87,14 @@ def test_bad_config_in_the_file_names_the_file(tmp_path, capsys):
     path.write_text("model: {preset: fit_huge}\n")
     line = _fails(["config", str(path), "trainer.max_steps=3"], capsys, "bad value for 'model.preset'")
     assert line.split(": error: ")[1].startswith(f"{path}: "), line
+
+
+def test_a_sample_prompt_with_a_line_break_is_refused(tmp_path, capsys):
+    """Before: one video, but two lines in samples/prompts.txt (read back one prompt per line)."""
+    path = tmp_path / "prompts.yaml"
+    path.write_text('model: {preset: fit_tiny}\nlogging: {sample_prompts: ["a red circle", "a blue\\nsquare"]}\n')
+    line = _fails(["config", str(path)], capsys, "bad value for 'logging.sample_prompts'")
+    assert "'a blue\\nsquare'" in line and "without line breaks" in line, line
 
 
 def test_fit_refuses_a_clip_the_backbone_cannot_take_before_writing(shapes_root, tmp_path, experiment, capsys):
@@ -111,10 +123,28 @@ def _all_bad(folder: Path) -> Path:
     return folder
 
 
-def _manifest(shapes_root: Path, path: Path, fps: str = "", encoding: str = "utf-8", caption: str = "") -> Path:
+def _all_bad_training(folder: Path, shapes_root: Path) -> Path:
+    """:func:`_all_bad`'s three files for training beside one good validation clip: training meets them (fit
+    refuses a set whose validation clips are all unreadable at setup, before any training file is read)."""
+    _all_bad(folder)
+    rows = csv.DictReader((shapes_root / "manifest.csv").open())
+    good = next(shapes_root / r["path"] for r in rows if r["split"] == "val" and r["is_image"] == "0")
+    with (folder / "manifest.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(
+            [("path", "caption", "split")] + [(name, "bad", "train") for name in ("a.mp4", "b.mp4", "c.png")]
+        )
+        csv.writer(f).writerow((str(good), "a good clip", "val"))
+    return folder
+
+
+def _manifest(
+    shapes_root: Path, path: Path, fps: str = "", encoding: str = "utf-8", caption: str = "", split: str = ""
+) -> Path:
+    """Four training rows of the shapes set; row 1 (line 3) takes the given fps, caption and split."""
     rows = list(csv.DictReader((shapes_root / "manifest.csv").open()))[:4]
     rows[1]["fps"] = fps or rows[1]["fps"]
     rows[1]["caption"] = caption or rows[1]["caption"]
+    rows[1]["split"] = split or rows[1]["split"]
     for row in rows:
         row["path"] = str(shapes_root / row["path"])
     with path.open("w", newline="", encoding=encoding) as f:
@@ -124,10 +154,29 @@ def _manifest(shapes_root: Path, path: Path, fps: str = "", encoding: str = "utf
     return path
 
 
+def _unreadable_val(shapes_root: Path, path: Path) -> Path:
+    """A manifest whose one validation clip cannot be read (fit used to die at its first validation)."""
+    manifest = _manifest(shapes_root, path)
+    bad = path.parent / "val.mp4"
+    bad.write_text("not a video\n")
+    with manifest.open("a", newline="") as f:
+        csv.writer(f).writerow([str(bad), "a red circle", "val"])  # the other columns empty
+    return manifest
+
+
 DATA = [
     ("missing_root", lambda root, tmp: tmp / "nowhere", "data.root {data} does not exist"),
     ("empty_root", lambda root, tmp: _empty(tmp / "empty"), "data set at {data} is empty"),
-    ("all_bad_root", lambda root, tmp: _all_bad(tmp / "bad"), "files of this data set are unreadable (e.g. {data}/"),
+    (
+        "all_bad_root",
+        lambda root, tmp: _all_bad(tmp / "bad"),
+        "none of the 1 validation clip(s) fit validates on can be used (e.g. {data}/",
+    ),
+    (
+        "all_bad_training",
+        lambda root, tmp: _all_bad_training(tmp / "bad", root),
+        "all 3 files of this data set are unreadable (e.g. {data}/",
+    ),
     (
         "manifest_fps_abc",
         lambda root, tmp: _manifest(root, tmp / "m.csv", fps="abc"),
@@ -142,6 +191,17 @@ DATA = [
         "manifest_not_utf8",
         lambda root, tmp: _manifest(root, tmp / "m.csv", caption="caf\xe9", encoding="latin-1"),
         "manifest {data}: not UTF-8 text",
+    ),
+    (
+        "manifest_split_training",
+        lambda root, tmp: _manifest(root, tmp / "m.csv", split="training"),
+        "manifest {data} line 3: split 'training' is not train or val",
+    ),
+    ("manifest_split_typo", lambda root, tmp: _manifest(root, tmp / "m.csv", split="trian"), "line 3: split 'trian'"),
+    (
+        "only_val_clip_unreadable",
+        lambda root, tmp: _unreadable_val(root, tmp / "m.csv"),
+        "{data}: none of the 1 validation clip(s) fit validates on can be used (e.g. {data.parent}/val.mp4",
     ),
 ]
 
@@ -161,16 +221,19 @@ def test_bad_data(shapes_root, tmp_path, experiment, capsys, name, make, fragmen
         argv = ["data", "check", str(data)]
     if command == "data check" and name == "all_bad_root":  # data check lists the files, then fails
         fragment = "{data}: none of its 3 file(s) can be used at 16 frames (e.g. {data}/"
+    if command == "data check" and name == "all_bad_training":  # data check passes, and lists the three
+        assert main(argv) == 0 and "3 file(s) would be skipped" in capsys.readouterr().out
+        return
     _fails(argv, capsys, fragment.format(data=data))
     assert not (tmp_path / "runs" / "tiny").exists()  # a failed start leaves no run folder
 
 
-def test_a_failed_start_keeps_an_existing_run(tiny_checkpoint, tmp_path, experiment, capsys):
+def test_a_failed_start_keeps_an_existing_run(shapes_root, tiny_checkpoint, tmp_path, experiment, capsys):
     run_dir = tmp_path / "runs" / "tiny" / "version_0"
     shutil.copytree(tiny_checkpoint.parent.parent, run_dir)
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     overrides = tiny_overrides(
-        _all_bad(tmp_path / "bad"),
+        _all_bad_training(tmp_path / "bad", shapes_root),
         tmp_path / "runs",
         **{"data.size": "[16,32]", "data.pad_to": "[16,32]", "trainer.max_steps": 4},
     )
@@ -189,6 +252,8 @@ def test_data_check_counts_clips_too_short_for_the_frame_count(tmp_path, capsys,
     folder.mkdir()
     _clip(folder / "long.mp4", 20)
     _clip(folder / "short.mp4", 10)
+    # the long clip validates: a set whose validation clips are all too short is an error (fit's check)
+    (folder / "manifest.csv").write_text("path,caption,split\nlong.mp4,a long clip,val\nshort.mp4,a short clip,train\n")
     assert main(["data", "check", str(folder)]) == 0  # the default data.frames, 16
     assert "1 file(s) would be skipped (checked at 16 frames of 36x64)" in capsys.readouterr().out
     assert "short.mp4: only 10 frame(s), need at least 16 (data.frames)" in caplog.text
@@ -196,7 +261,8 @@ def test_data_check_counts_clips_too_short_for_the_frame_count(tmp_path, capsys,
     assert "0 file(s) would be skipped (checked at 8 frames" in capsys.readouterr().out
     experiment = tmp_path / "exp.yaml"
     experiment.write_text(
-        f"data: {{root: {folder}, frames: 12, size: [16, 32], pad_to: [16, 32]}}\nmodel: {{preset: unet_tiny}}\n"
+        f"data: {{root: {folder}, frames: 12, size: [16, 32], pad_to: [16, 32], batch_size: 1}}\n"
+        "model: {preset: unet_tiny}\n"
     )
     assert main(["data", "check", "--config", str(experiment)]) == 0  # root and frame count from the experiment
     assert "1 file(s) would be skipped (checked at 12 frames of 16x32)" in capsys.readouterr().out
@@ -209,9 +275,21 @@ def test_data_check_counts_clips_too_short_for_the_frame_count(tmp_path, capsys,
     _fails(["data", "check"], capsys, "give a data ROOT or --config")
 
 
-def test_all_bad_data_in_a_worker_process_is_one_line(tmp_path, experiment, capsys):
+def test_a_batch_larger_than_the_training_set_is_refused(shapes_root, tmp_path, experiment, capsys):
+    """Before: fit trained on batches of the set's 24 clips while summary.json said 30; data check said nothing."""
+    runs = tmp_path / "runs"
+    fragment = "data.batch_size=30 is larger than the training set (24 clips"
+    overrides = tiny_overrides(shapes_root, runs, **{"data.batch_size": 30, "trainer.max_steps": 1})
+    _fails(["fit", str(experiment), *overrides, "--no-progress"], capsys, fragment)
+    assert not runs.exists()
+    config = tmp_path / "big_batch.yaml"
+    config.write_text(f"data: {{root: {shapes_root}, batch_size: 30}}\nmodel: {{preset: fit_tiny}}\n")
+    _fails(["data", "check", "--config", str(config)], capsys, fragment)
+
+
+def test_all_bad_data_in_a_worker_process_is_one_line(shapes_root, tmp_path, experiment, capsys):
     """A DataLoader worker sends its error back with the worker's traceback inside the message."""
-    data = _all_bad(tmp_path / "bad")
+    data = _all_bad_training(tmp_path / "bad", shapes_root)
     argv = [
         "fit",
         str(experiment),
@@ -240,6 +318,7 @@ def test_a_caption_that_is_not_utf8_skips_its_file(shapes_root, tmp_path, experi
             runs,
             **{
                 "trainer.max_steps": 1,
+                "data.batch_size": 1,  # of the two readable clips one is held out for validation
                 "logging.sample_every_n_steps": 0,
                 "data.size": "[16,32]",
                 "data.pad_to": "[16,32]",
@@ -249,6 +328,19 @@ def test_a_caption_that_is_not_utf8_skips_its_file(shapes_root, tmp_path, experi
     ]
     assert main(argv) == 0
     assert '"skipped_files": 1' in (runs / "tiny" / "version_0" / "summary.json").read_text()
+
+
+@pytest.mark.parametrize("folder", ["checkpoints", "samples"])
+def test_a_file_where_the_run_writes_a_folder_is_one_line(shapes_root, tmp_path, experiment, capsys, folder):
+    """Before: a traceback, for samples/ at the first sample step, after training had begun."""
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    run_dir.mkdir(parents=True)
+    (run_dir / folder).write_text("not a folder\n")
+    overrides = tiny_overrides(
+        shapes_root, tmp_path / "runs", **{"trainer.max_steps": 1, "logging.sample_every_n_steps": 1}
+    )
+    _fails(["fit", str(experiment), *overrides, "--no-progress"], capsys, f"{run_dir / folder} is a file")
+    assert [p.name for p in run_dir.iterdir()] == [folder]  # refused before anything was written
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
@@ -277,6 +369,26 @@ def test_bad_last_checkpoint_on_resume(shapes_root, tiny_checkpoint, tmp_path, e
     assert (run_dir / "config.yaml").read_bytes() == config
 
 
+INIT_FROM = [
+    ("truncated", lambda data: data[: len(data) // 2], "cannot be read as a checkpoint"),
+    ("random_bytes", lambda data: np.random.default_rng(0).bytes(4096), "cannot be read as a checkpoint"),
+    ("json", lambda data: b'{"state_dict": {}, "hyper_parameters": {}}\n', "cannot be read as a checkpoint"),
+]
+
+
+@pytest.mark.parametrize("name,make,fragment", INIT_FROM, ids=[row[0] for row in INIT_FROM])
+def test_a_bad_init_from_file_is_one_line(
+    shapes_root, tiny_checkpoint, tmp_path, experiment, capsys, name, make, fragment
+):
+    """Before: torch's many-line error (an UnpicklingError or a zip reader's RuntimeError) naming no file."""
+    bad = tmp_path / f"{name}.ckpt"
+    bad.write_bytes(make(tiny_checkpoint.read_bytes()))
+    runs = tmp_path / "runs"
+    overrides = tiny_overrides(shapes_root, runs, **{"model.init_from": str(bad), "trainer.max_steps": 1})
+    _fails(["fit", str(experiment), *overrides, "--no-progress"], capsys, f"model.init_from {bad}: {fragment}")
+    assert not runs.exists()
+
+
 @pytest.mark.parametrize("command", ["sample", "evaluate"])
 def test_truncated_checkpoint_in_sample_and_evaluate(tiny_checkpoint, tmp_path, capsys, command):
     cut = tmp_path / "cut.ckpt"
@@ -302,6 +414,8 @@ SAMPLE = [
     ("out_mp4_inside_a_file", ["--out", "{file}/a.mp4"], "{file} is a file"),
     ("out_is_a_file", ["--out", "{file}"], "{file} is a file"),
     ("prompts_not_utf8", ["--prompts-file", "{latin}"], "--prompts-file {latin}: not UTF-8 text (byte 3)"),
+    # before: one video, two lines in prompts.txt
+    ("prompt_with_a_line_break", ["--prompt", "a blue\nsquare"], "prompt 2 ('a blue\\nsquare') holds a line break"),
 ]
 
 

@@ -5,6 +5,7 @@ import csv
 import logging
 import math
 import shutil
+from pathlib import Path
 
 import av
 import decord
@@ -341,6 +342,20 @@ def test_captions_csv_rows_for_missing_files_are_one_warning_and_counted(tmp_pat
     ]
     assert dm.skipped_files() == 5
     assert not [r for r in caplog.records if "skipping bad file" in r.getMessage()]  # one line, not one per row
+
+
+def test_a_path_listed_twice_in_captions_csv_is_one_warning(tmp_path, caplog):
+    """Before: the last row's caption won without a word."""
+    for name in ("a.mp4", "b.mp4"):
+        _index_clip(tmp_path / name, n=20, fps=10)
+    (tmp_path / "captions.csv").write_text("path,caption\na.mp4,first\nb.mp4,bee\n./a.mp4,second\n")
+    dm = EDMDataModule(_config(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    captions = {Path(r.path).name: r.caption for r in dm.train_set.records + dm.val_set.records}
+    assert captions == {"a.mp4": "second", "b.mp4": "bee"}
+    lines = [r.getMessage() for r in caplog.records if "listed" in r.getMessage()]
+    assert lines == [f"{tmp_path / 'captions.csv'}: a.mp4 is listed 2 times; the last row's caption is used"], lines
 
 
 def test_prepare_data_generates_the_default_set_only(tmp_path, monkeypatch):

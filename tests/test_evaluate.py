@@ -307,3 +307,17 @@ def test_a_detector_without_usable_features_is_one_line(
     assert "Traceback" not in err and len(lines) == 1, err
     assert f"{detector}: " in lines[0] and fragment in lines[0], lines[0]
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_detector_of_the_wrong_shape_in_sweep_is_one_line(user_checkpoint, tmp_path, capsys, monkeypatch):
+    """The evaluate rows above, through sweep (before: a RuntimeError traceback)."""
+    monkeypatch.chdir(tmp_path)  # the FVD statistics cache, .cache/fvd
+    detector = tmp_path / "fvd_shape.pt"
+    torch.jit.script(WrongShapeI3D()).save(str(detector))
+    argv = ["sweep", "cfg", str(user_checkpoint), "--values", "1", "--num-videos", "2", "--steps", "1"]
+    assert main([*argv, "--fvd-detector", str(detector), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert f"{detector}: expected features of shape (2, D) from the detector, got (2, 4, 2)" in lines[0], lines[0]
+    assert not (tmp_path / "out" / "sweep_cfg.csv").exists()

@@ -80,6 +80,13 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path, caplog):
     assert not path.exists()
 
 
+def test_options_before_the_overrides_as_the_readme_writes_them(shapes_root, tmp_path, experiment):
+    """`fit CFG --new-version key=value` (before: argparse stopped at the option, "unrecognized arguments")."""
+    overrides = tiny_overrides(shapes_root, tmp_path / "runs", **FAST, **{"trainer.max_steps": 1})
+    assert main(["fit", str(experiment), "--new-version", "--no-progress", *overrides]) == 0
+    assert (tmp_path / "runs" / "tiny" / "version_0" / "summary.json").is_file()
+
+
 def _fit_process(shapes_root, runs: Path, experiment: Path, *extra: str, steps: int = 1) -> subprocess.Popen:
     overrides = tiny_overrides(shapes_root, runs, **FAST, **{"trainer.max_steps": steps})
     return subprocess.Popen(
@@ -321,6 +328,43 @@ def test_resume_from_nan_weights_is_refused(shapes_root, tiny_checkpoint, tmp_pa
     assert main(["fit", str(experiment), *overrides, "--no-progress"]) == 2
     line = _error_line(capsys.readouterr().err)
     assert f"cannot resume from {last}: 1 tensor holds NaN or inf" in line, line
+
+
+def test_resume_over_a_damaged_summary_rewrites_it(shapes_root, tiny_checkpoint, tmp_path, experiment, caplog):
+    """Before: a summary.json cut short failed every later resume at the end of training (a JSONDecodeError)."""
+    import shutil
+
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    shutil.copytree(tiny_checkpoint.parent.parent, run_dir)
+    summary = run_dir / "summary.json"
+    summary.write_text('{"steps": 2, "wall_ti')
+    overrides = tiny_overrides(
+        shapes_root,
+        tmp_path / "runs",
+        **FAST,
+        **{"data.size": "[16,32]", "data.pad_to": "[16,32]", "logging.experiment": "tiny", "trainer.max_steps": 3},
+    )
+    with caplog.at_level("WARNING", logger="lit_snapvideo"):
+        assert main(["fit", str(experiment), *overrides, "--no-progress"]) == 0
+    assert _strict_json(summary)["steps"] == 3
+    assert f"{summary}: not valid JSON (Unterminated string" in caplog.text
+
+
+def test_a_results_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """summary.json and metrics.json go to a temporary file and are renamed over the old one: a write that fails
+    (here the rename) leaves the old file as it was and no temporary file beside it."""
+    from lit_snapvideo import results
+
+    path = tmp_path / "summary.json"
+    results.write_json_atomic(path, {"steps": 1})
+
+    def failing_rename(src, dst):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(results.os, "replace", failing_rename)
+    with pytest.raises(OSError, match="No space left"):
+        results.write_json_atomic(path, {"steps": 2})
+    assert _strict_json(path) == {"steps": 1} and list(tmp_path.iterdir()) == [path]
 
 
 def _strict_json(path: Path) -> dict:

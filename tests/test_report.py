@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 
 from lit_snapvideo import paper
 from lit_snapvideo.cli import main
@@ -88,3 +89,15 @@ def test_sigma_report_rows(tmp_path):
 def test_compare_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope"), "--out", str(tmp_path / "x.md")]) == 2
     assert "no run summary" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,text", [("summary.json", '{"steps": 10, "wall'), ("metrics.json", "[1, 2]\n")])
+def test_compare_a_damaged_results_file_is_one_line(tmp_path, capsys, name, text):
+    """Before: a JSONDecodeError traceback (a summary.json cut short by a crash, before it was written atomically)."""
+    run = _run(tmp_path, "fit", "fit", 50.0, 10.0, {"probe/prompt_accuracy": 0.5})
+    (run / name).write_text(text)
+    assert main(["compare", str(run), "--out", str(tmp_path / "x.md")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"error: {run / name}: " in err and ("not a JSON object" in err or "not valid JSON" in err), err
+    assert not (tmp_path / "x.md").exists()

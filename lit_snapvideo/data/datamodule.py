@@ -31,7 +31,7 @@ import lightning as L
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, default_collate
 
-from .datasets import ClipDataset, JointSampler, SkipLog, load_records
+from .datasets import ClipDataset, JointSampler, Record, SkipLog, check_batch_size, check_validation_set, load_records
 from .shapes import EMBEDDED_ROOTS, generate_shapes
 from .video import pad_video
 
@@ -43,6 +43,14 @@ def collate_padded(examples: list[dict], pad_to: tuple[int, int]) -> dict:
     batch = default_collate(examples)
     batch["video"] = pad_video(batch["video"], pad_to)
     return batch
+
+
+def validation_set(val: list[Record], c: DictConfig, skip_log: SkipLog, frames: Optional[int] = None) -> ClipDataset:
+    """The clips fit validates on (``c``: the data config): the first ``data.limit_val_clips`` of the val split at
+    ``data.val_fps`` from frame 0. ``frames``: instead of ``data.frames`` (data check's --frames)."""
+    val = val[: c.limit_val_clips] if c.limit_val_clips > 0 else val
+    return ClipDataset(val, frames or c.frames, list(c.size), fps_choices=[c.val_fps], train=False,
+                       skip_log=skip_log, low_res_size=c.low_res_size, decoded_cache_mb=c.decoded_cache_mb)
 
 
 class EDMDataModule(L.LightningDataModule):
@@ -71,11 +79,11 @@ class EDMDataModule(L.LightningDataModule):
             return
         c = self.cfg
         train, val = load_records(c.root, c.manifest, self.skip_log)  # DataError for empty sets / bad manifests
-        val = val[: c.limit_val_clips] if c.limit_val_clips > 0 else val
-        common = dict(frames=c.frames, size=list(c.size), pad_to=None, skip_log=self.skip_log,  # padded per batch
-                      low_res_size=c.low_res_size, decoded_cache_mb=c.decoded_cache_mb)
-        self.train_set = ClipDataset(train, fps_choices=list(c.fps_choices), train=True, **common)
-        self.val_set = ClipDataset(val, fps_choices=[c.val_fps], train=False, **common)
+        self.train_set = ClipDataset(train, c.frames, list(c.size), fps_choices=list(c.fps_choices), train=True,
+                                     skip_log=self.skip_log, low_res_size=c.low_res_size,  # padded per batch
+                                     decoded_cache_mb=c.decoded_cache_mb)
+        self.val_set = validation_set(val, c, self.skip_log)
+        check_validation_set(self.val_set, c.root)  # not at the first validation, after training has begun
         n_img = sum(self.train_set.is_image)
         log.info("data: %d train records (%d images), %d val records from %s", len(train), n_img, len(val), c.root)
 
@@ -89,14 +97,16 @@ class EDMDataModule(L.LightningDataModule):
             collate_fn=partial(collate_padded, pad_to=tuple(self.cfg.pad_to)),
             num_workers=workers,
             persistent_workers=workers > 0,
-            drop_last=sampler is not None and len(sampler) >= batch_size,
+            drop_last=sampler is not None,  # every training batch is whole (check_batch_size)
         )
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
+        world_size = trainer.world_size if trainer else 1
+        check_batch_size(self.cfg.batch_size, len(self.train_set), self.cfg.root, world_size)
         sampler = JointSampler(self.train_set.is_image, self.cfg.image_fraction, self.cfg.seed,
                                consumed=lambda: self.stream_position,
-                               rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1)
+                               rank=trainer.global_rank if trainer else 0, world_size=world_size)
         return self._loader(self.train_set, self.cfg.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

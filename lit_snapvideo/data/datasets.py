@@ -13,6 +13,7 @@ Without a ``split`` column a deterministic ~5 % (at least one record) is held ou
 from __future__ import annotations
 
 import atexit
+import collections
 import csv
 import hashlib
 import io
@@ -86,11 +87,20 @@ def _optional_fps(value, where: str) -> Optional[float]:
     return fps
 
 
-def _normalise_split(value) -> Optional[str]:
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "val"}
+
+
+def _normalise_split(value, where: str) -> Optional[str]:
+    """A manifest's split cell: empty (the hold-out decides), train, or val and its aliases. Anything else is a
+    DataError naming ``where``: a typo such as ``trian`` would otherwise drop the row from both splits."""
     if value is None or str(value).strip() == "":
         return None
-    split = str(value).strip().lower()
-    return {"validation": "val", "valid": "val", "test": "val"}.get(split, split)
+    split = SPLIT_NAMES.get(str(value).strip().lower())
+    if split is None:
+        raise DataError(
+            f"{where}: split {value!r} is not train or val (expected train, val, validation, valid, test or empty)"
+        )
+    return split
 
 
 def load_manifest(path: str | Path) -> list[Record]:
@@ -135,7 +145,7 @@ def load_manifest(path: str | Path) -> list[Record]:
             path=str((path.parent / str(row["path"])).resolve()),
             caption=str(row.get("caption") or ""),
             fps=_optional_fps(row.get("fps"), f"manifest {path} line {n}"),
-            split=_normalise_split(row.get("split")),
+            split=_normalise_split(row.get("split"), f"manifest {path} line {n}"),
         )
         for row, n in zip(rows, lines)
     ]
@@ -159,7 +169,12 @@ def scan_folder(root: str | Path, skip_log: Optional[SkipLog] = None) -> list[Re
     table: dict[str, str] = {}
     captions_csv = root / "captions.csv"
     if captions_csv.is_file():
-        table = {str((root / r.path).resolve()): r.caption for r in load_manifest(captions_csv)}
+        rows = load_manifest(captions_csv)
+        table = {r.path: r.caption for r in rows}  # load_manifest resolves each path against root
+        for path, times in collections.Counter(r.path for r in rows).items():
+            if times > 1:  # the dict above keeps the last row: say so, a duplicate is usually a mistake
+                log.warning("%s: %s is listed %d times; the last row's caption is used", captions_csv,
+                            os.path.relpath(path, root), times)
         found = {str(file.resolve()) for file in files}
         absent = [path for path in table if path not in found]
         for path in absent:
@@ -233,6 +248,36 @@ def load_records(root: str | Path, manifest: Optional[str] = None,
     if not train:
         raise DataError(f"data set at {source} has no training records (all {len(records)} are split=val)")
     return train, val
+
+
+def check_batch_size(batch_size: int, n_train: int, source, world_size: int = 1) -> None:
+    """A training batch is drawn from one pass over the set (``n_train // world_size`` draws per process): a larger
+    ``data.batch_size`` would train on smaller batches than the config (and summary.json) say. DataError."""
+    per_process = n_train // world_size
+    if batch_size > per_process:
+        spread = f", {per_process} per process over {world_size}" if world_size > 1 else ""
+        raise DataError(
+            f"data.batch_size={batch_size} is larger than the training set ({n_train} clips at {source}{spread}); "
+            f"set data.batch_size to at most {max(per_process, 1)} or add clips"
+        )
+
+
+def check_validation_set(val_set: ClipDataset, source) -> None:
+    """Fit validates on ``val_set``; when none of its clips can be read it dies at its first validation, before it
+    has written a checkpoint. Fit (at setup) and ``data check`` both call this: it reads clips until one loads."""
+    first_bad = None
+    for index in range(len(val_set)):
+        try:
+            val_set.load(index)
+            return
+        except BadFileError as err:
+            val_set.skip_log.add(err)
+            first_bad = first_bad or err
+    if first_bad is not None:
+        raise DataError(
+            f"{source}: none of the {len(val_set)} validation clip(s) fit validates on can be used (e.g. {first_bad}); "
+            "the validation loss needs one (`lit-snapvideo data check` lists every unreadable file)"
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..safe_load import CheckpointError, load_checkpoint_file, require_finite
+from ..safe_load import CheckpointError, load_checkpoint_file, require_finite, unreadable_reason
 from .fit import FIT
 from .presets import preset_kwargs
 from .registry import backbone
@@ -30,7 +30,15 @@ NEW_PREFIXES = ("cond_embed.aug.",)  # what a stage-1 FIT does not have
 def _stage1_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     """The backbone weights of a stage-1 FIT checkpoint (its EMA, the weights it samples with); CheckpointError for
     a file that is not one."""
-    ckpt = load_checkpoint_file(path, "cpu", hint="model.init_from takes a checkpoint written by lit-snapvideo fit")
+    expected = "model.init_from takes a checkpoint written by lit-snapvideo fit"
+    try:
+        ckpt = load_checkpoint_file(path, "cpu", hint=expected)
+    except CheckpointError:
+        raise
+    except Exception as err:  # cut short, random bytes, a JSON file: torch's error, cut to one line
+        raise CheckpointError(
+            f"model.init_from {path}: cannot be read as a checkpoint ({unreadable_reason(err)}); {expected}"
+        ) from None
     cfg = (ckpt.get("hyper_parameters") or {}).get("cfg") if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"model.init_from {path}: not a lit-snapvideo checkpoint (no config or state_dict)")

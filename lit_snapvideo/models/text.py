@@ -30,7 +30,14 @@ import torch
 from open_clip.model import CLIPTextCfg, _build_text_tower
 from torch import nn
 
-from ..safe_load import CheckpointError, load_checkpoint_file, read_cache_entry, require_finite, save_atomic
+from ..safe_load import (
+    CheckpointError,
+    load_checkpoint_file,
+    read_cache_entry,
+    require_finite,
+    save_atomic,
+    unreadable_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,7 @@ def _text_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except CheckpointError:
         raise
     except Exception as err:  # truncated or not a torch file: torch's message is many lines and names no file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = unreadable_reason(err)
         raise CheckpointError(f"text.checkpoint {path}: cannot be read as a torch state dict ({reason})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

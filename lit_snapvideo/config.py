@@ -151,6 +151,8 @@ class OptimConfig:
     ema_rampup_ratio: Optional[float] = 0.05  # EDM's ramp-up: half-life <= ratio * videos seen
     self_cond_prob: float = 0.9  # FIT latent self-conditioning rate (paper Tab. 8)
     max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
+    # Adam/AdamW as one fused kernel over all tensors: the same update, 3-5x faster on the CPU (results/throughput.md)
+    fused: bool = True
 
 
 @dataclass

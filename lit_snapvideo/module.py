@@ -411,7 +411,7 @@ class EDMVideoModule(SamplingMixin, ObjectScoresMixin, L.LightningModule):
 
             opt = Lamb(groups, lr=s["lr"], betas=s["betas"], eps=o.eps)
         elif s["name"] == "adamw":
-            opt = torch.optim.AdamW(groups, lr=s["lr"], betas=s["betas"], eps=o.eps)
+            opt = torch.optim.AdamW(groups, lr=s["lr"], betas=s["betas"], eps=o.eps, fused=o.fused)
         else:
             if o.weight_decay > 0:
                 log.warning(
@@ -420,7 +420,7 @@ class EDMVideoModule(SamplingMixin, ObjectScoresMixin, L.LightningModule):
                     "optim.name=adamw decays decoupled",
                     o.weight_decay,
                 )
-            opt = torch.optim.Adam(groups, lr=s["lr"], betas=s["betas"], eps=o.eps)
+            opt = torch.optim.Adam(groups, lr=s["lr"], betas=s["betas"], eps=o.eps, fused=o.fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -82,6 +82,28 @@ def test_paper_optimiser_defaults(shapes_root, tmp_path):
     assert {g["weight_decay"] for g in unet_opt.param_groups} == {unet_paper["weight_decay"], 0.0}
 
 
+@pytest.mark.parametrize("name", ["adamw", "adam"])
+def test_fused_optimiser_makes_the_same_update_as_the_loop(shapes_root, tmp_path, name):
+    """optim.fused (the default) is one kernel over all tensors; its weights follow torch's per-tensor loop."""
+    weights = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        overrides = {"optim.name": name, "optim.fused": fused}
+        module = UNetModule(load_config(None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **overrides)))
+        opt = module.configure_optimizers()["optimizer"]
+        assert opt.defaults["fused"] is fused
+        params = [p for p in module.backbone.parameters() if p.requires_grad]
+        start = torch.cat([p.detach().flatten() for p in params])
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            opt.step()
+        weights[fused] = torch.cat([p.detach().flatten() for p in params])
+    update = (weights[False] - start).abs().max()  # 20 Adam steps of about lr each
+    assert update > 1e-4 and (weights[False] - weights[True]).abs().max() < 1e-3 * update
+
+
 def test_lr_schedule_warmup_then_cosine(shapes_root, tmp_path):
     cfg = load_config(
         None, tiny_overrides(shapes_root, tmp_path, "unet_tiny", **{"optim.warmup_steps": 10, "trainer.max_steps": 110})

@@ -135,14 +135,21 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
         f"- Hardware: {info['hardware']}; torch {info['torch']} ({info['threads']}), Python {info['python']}",
     ]
     if "load_average" in info:
+        end_load = os.getloadavg()
+        busy = max(float(info["load_average"].split(" / ")[0]), end_load[0]) >= (os.cpu_count() or 1)
         lines.append(
             f"- Load average (1/5/15 min) at the start: {info['load_average']}, at the end: "
-            f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (above the CPU count, other work shared the "
-            f"CPU while measuring: the timings are noisy)"
+            f"{' / '.join(f'{x:.1f}' for x in end_load)}"
+            + (
+                " (at or above the CPU count: other work shared the CPU while measuring, the timings are noisy)"
+                if busy
+                else " (below the CPU count)"
+            )
         )
+    padded = " (the paper's 36x64 padded to 40x64)" if tuple(settings.size) == (40, 64) else ""
     lines += [
         f"- Precision: {settings.precision}; torch.compile: {compile_mode(settings)}; "
-        f"clip {settings.frames} x {settings.size[0]} x {settings.size[1]} (the paper's 36x64 padded to 40x64); "
+        f"clip {settings.frames} x {settings.size[0]} x {settings.size[1]}{padded}; "
         f"batch sizes: {batches}",
         f"- Method: {settings.warmup} warm-up call(s), then {settings.repeats} synchronised repeats; "
         f"median [inter-quartile range] in ms per video. Text embeddings precomputed (77 x 1024 for the paper "

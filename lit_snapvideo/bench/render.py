@@ -135,10 +135,10 @@ def throughput_markdown(rows: list[dict], settings: BenchSettings, info: dict, p
         f"- Hardware: {info['hardware']}; torch {info['torch']} ({info['threads']}), Python {info['python']}",
     ]
     if "load_average" in info:
-        end_load = os.getloadavg()
-        busy = max(float(info["load_average"].split(" / ")[0]), end_load[0]) >= (os.cpu_count() or 1)
+        start_load, end_load = info["load_average"], os.getloadavg()
+        busy = max(start_load[0], end_load[0]) >= (os.cpu_count() or 1)
         lines.append(
-            f"- Load average (1/5/15 min) at the start: {info['load_average']}, at the end: "
+            f"- Load average (1/5/15 min) at the start: {' / '.join(f'{x:.1f}' for x in start_load)}, at the end: "
             f"{' / '.join(f'{x:.1f}' for x in end_load)}"
             + (
                 " (at or above the CPU count: other work shared the CPU while measuring, the timings are noisy)"

@@ -67,7 +67,7 @@ def hardware_info(settings: BenchSettings) -> dict:
     except OSError:
         pass
     info["hardware"] = f"{model}, {os.cpu_count()} logical CPUs"
-    info["load_average"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    info["load_average"] = os.getloadavg()  # (1, 5, 15 min), compared with the load at the end in the table
     return info
 
 

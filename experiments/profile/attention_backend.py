@@ -10,7 +10,6 @@ per video. Writes results/profile/attention_backend.md.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -19,18 +18,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_step import attention_calls, make_step, ms_per_video  # noqa: E402
+from train_step import attention_calls, ms_per_video, recipe_parser, recipe_step  # noqa: E402
 
 from lit_snapvideo.config import load_config  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", default="fit,unet")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("results/profile/attention_backend.md"))
-    args = parser.parse_args()
+    args = recipe_parser(__doc__, Path("results/profile/attention_backend.md")).parse_args()
     torch.set_num_threads(args.threads)
     lines = [
         f"Compute-only training step of each ablation recipe, {args.threads} threads, ms per video "
@@ -40,7 +34,7 @@ def main() -> None:
     for recipe in args.recipes.split(","):
         cfg = load_config(f"experiments/ablation/{recipe}.yaml")
         batch, frames, size = cfg.data.batch_size, cfg.data.frames, tuple(cfg.data.size)
-        step = make_step(cfg.model.preset, batch, frames, size, overrides=dict(cfg.model.overrides))
+        step = recipe_step(cfg)
         lines.append(f"## {recipe} ({cfg.model.preset}), batch {batch}, {frames}x{size[0]}x{size[1]}")
         lines.append("")
         lines.append("attention calls in one step (q: batch, heads, tokens, head dim; k; masked; with a backward):")

@@ -12,42 +12,36 @@ results/profile/optimizer_step.md.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_step import make_step, ms_per_video, recipe_optim  # noqa: E402
+from train_step import ms_per_video, optimizer_with, recipe_optim, recipe_parser, recipe_step  # noqa: E402
 
-from lit_snapvideo.bench import build_bench_module  # noqa: E402
+from lit_snapvideo.bench import build_bench_module, time_repeats  # noqa: E402
 from lit_snapvideo.config import load_config  # noqa: E402
 
 
-def optimizer_ms(params: list[torch.Tensor], optimizer: torch.optim.Optimizer, repeats: int = 20) -> float:
+def optimizer_ms(optimizer: torch.optim.Optimizer, repeats: int = 20) -> float:
     """Median ms of one ``optimizer.step()`` with the gradients left as they are."""
-    for _ in range(3):
-        optimizer.step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(time_repeats(optimizer.step, "cpu", warmup=3, repeats=repeats))
+
+
+def recipe_module(cfg):
+    """The training module of a recipe's preset, overrides and clip (bench's, without an EMA copy)."""
+    return build_bench_module(
+        cfg.model.preset, cfg.data.frames, tuple(cfg.data.size), "cpu", overrides=dict(cfg.model.overrides)
+    )[0]
 
 
 def weights_after(cfg, fused: bool, steps: int = 50) -> list[torch.Tensor]:
     """The backbone's weights after ``steps`` optimiser steps on a fixed sequence of random gradients."""
     torch.manual_seed(0)
-    module, _ = build_bench_module(
-        cfg.model.preset, cfg.data.frames, tuple(cfg.data.size), "cpu", overrides=dict(cfg.model.overrides)
-    )
-    for key, value in {**recipe_optim(cfg), "fused": fused}.items():
-        setattr(module.cfg.optim, key, value)
-    optimizer = module.configure_optimizers()["optimizer"]
+    module = recipe_module(cfg)
+    optimizer = optimizer_with(module, {**recipe_optim(cfg), "fused": fused})
     params = [p for p in module.backbone.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
@@ -58,30 +52,15 @@ def weights_after(cfg, fused: bool, steps: int = 50) -> list[torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", default="fit,unet")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("results/profile/optimizer_step.md"))
-    args = parser.parse_args()
+    args = recipe_parser(__doc__, Path("results/profile/optimizer_step.md")).parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     lines = [f"{args.threads} threads, {args.rounds} interleaved rounds. Command: `{' '.join(sys.argv)}`", ""]
     for recipe in args.recipes.split(","):
         cfg = load_config(f"experiments/ablation/{recipe}.yaml")
         batch, frames, size = cfg.data.batch_size, cfg.data.frames, tuple(cfg.data.size)
-        steps = {
-            fused: make_step(
-                cfg.model.preset,
-                batch,
-                frames,
-                size,
-                overrides=dict(cfg.model.overrides),
-                optim={**recipe_optim(cfg), "fused": fused},
-            )
-            for fused in (False, True)
-        }
-        module, _ = build_bench_module(cfg.model.preset, frames, size, "cpu", overrides=dict(cfg.model.overrides))
+        steps = {fused: recipe_step(cfg, fused=fused) for fused in (False, True)}
+        module = recipe_module(cfg)
         params = [p for p in module.backbone.parameters() if p.requires_grad]
         for p in params:
             p.grad = torch.randn_like(p)
@@ -89,9 +68,8 @@ def main() -> None:
         step_times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
             for fused in (False, True):
-                for key, value in {**recipe_optim(cfg), "fused": fused}.items():
-                    setattr(module.cfg.optim, key, value)
-                optimizer_times[fused].append(optimizer_ms(params, module.configure_optimizers()["optimizer"]))
+                optimizer = optimizer_with(module, {**recipe_optim(cfg), "fused": fused})
+                optimizer_times[fused].append(optimizer_ms(optimizer))
                 step_times[fused].append(ms_per_video(steps[fused], batch))
         loop, fused = weights_after(cfg, False), weights_after(cfg, True)
         largest = max((a - b).abs().max().item() for a, b in zip(loop, fused))

@@ -13,14 +13,13 @@ import argparse
 import collections
 import math
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from lit_snapvideo.bench import build_bench_module
+from lit_snapvideo.bench import build_bench_module, time_repeats
 
 
 def make_step(
@@ -36,8 +35,8 @@ def make_step(
 ):
     """A closure running one training step (loss, backward, clip, AdamW) of ``preset``, as `bench` times it;
     ``compile_options``: torch.compile the backbone with them (experiments/profile/compile_step.py); ``overrides``:
-    the backbone's ``model.overrides``; ``self_cond_prob``: the self-conditioning rate (None: the config's); ``optim``: ``optim.*`` settings replacing the
-    preset's (a recipe's optimiser)."""
+    the backbone's ``model.overrides``; ``self_cond_prob``: the self-conditioning rate (None: the config's);
+    ``optim``: ``optim.*`` settings replacing the preset's (a recipe's optimiser, :func:`recipe_step`)."""
     torch.manual_seed(0)
     module, forward = build_bench_module(preset, frames, size, "cpu", overrides=overrides)
     if compile_options is not None:
@@ -46,9 +45,7 @@ def make_step(
         for conv in (m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv3d)):
             conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last_3d)
     module.backbone.train()
-    for key, value in (optim or {}).items():
-        setattr(module.cfg.optim, key, value)
-    optimizer = module.configure_optimizers()["optimizer"]
+    optimizer = optimizer_with(module, optim or {})
     params = [p for p in module.backbone.parameters() if p.requires_grad]
     video = torch.randn(batch, 3, frames, *size)
     if channels_last:
@@ -73,18 +70,43 @@ def make_step(
 
 
 def ms_per_video(step, batch: int, repeats: int = 5) -> float:
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / batch
+    """Median ms per video of ``step`` (a batch of ``batch``) over ``repeats`` calls after one warm-up call."""
+    return 1000 * statistics.median(time_repeats(step, "cpu", warmup=1, repeats=repeats)) / batch
+
+
+def optimizer_with(module, settings: dict) -> torch.optim.Optimizer:
+    """The module's optimiser (``configure_optimizers``) with ``optim.*`` ``settings`` replacing its config's."""
+    for key, value in settings.items():
+        setattr(module.cfg.optim, key, value)
+    return module.configure_optimizers()["optimizer"]
 
 
 def recipe_optim(cfg) -> dict:
-    """The optimiser settings of a recipe's config, for :func:`make_step`."""
+    """The optimiser settings of a recipe's config, for :func:`make_step` and :func:`optimizer_with`."""
     return {key: getattr(cfg.optim, key) for key in ("name", "lr", "betas", "eps", "weight_decay", "fused")}
+
+
+def recipe_step(cfg, **optim_changes):
+    """:func:`make_step` for an ablation recipe's config: its preset, overrides, clip, batch and optimiser (with
+    ``optim_changes``, e.g. ``fused=False``)."""
+    return make_step(
+        cfg.model.preset,
+        cfg.data.batch_size,
+        cfg.data.frames,
+        tuple(cfg.data.size),
+        overrides=dict(cfg.model.overrides),
+        optim={**recipe_optim(cfg), **optim_changes},
+    )
+
+
+def recipe_parser(description: str, out: Path) -> argparse.ArgumentParser:
+    """The options of the scripts that time variants of the ablation recipes side by side."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", default="fit,unet", help="experiments/ablation/<name>.yaml, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the variants")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=out)
+    return parser
 
 
 PROFILED_STEPS = 3  # one step's profile varied by 15% between runs
@@ -134,19 +156,17 @@ def attention_flops(calls: collections.Counter) -> float:
     return total
 
 
-def category_rates(events, cfg, batch: int, frames: int, size: tuple[int, int]) -> list[str]:
-    """Per kind of work: self time, FLOPs (FlopCounterMode, which also counts convolutions and attention), the
-    rate against the measured matmul rate, and the MFU the step would reach if every FLOP ran at that rate while
-    the no-FLOP work stayed as it is."""
+def category_rates(events, cfg) -> list[str]:
+    """Per kind of work in the profiled steps of the recipe ``cfg``: self time, FLOPs (FlopCounterMode, which also
+    counts convolutions and attention), the rate against the measured matmul rate, and the MFU the step would
+    reach if every FLOP ran at that rate while the no-FLOP work stayed as it is."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from lit_snapvideo.bench.timing import matmul_probe_tflops
 
     # a twin step from the same seed: its steps after the two warm-ups make the same random choices as the
     # profiled ones (self-conditioning), without the counter's dispatch overhead in the profiled timings
-    twin = make_step(
-        cfg.model.preset, batch, frames, size, overrides=dict(cfg.model.overrides), optim=recipe_optim(cfg)
-    )
+    twin = recipe_step(cfg)
     twin(), twin()
     counter = FlopCounterMode(display=False)
     calls: collections.Counter = collections.Counter()
@@ -197,9 +217,7 @@ def profile_recipe(recipe: str, out: Path) -> None:
 
     cfg = load_config(f"experiments/ablation/{recipe}.yaml")
     batch, frames, size = cfg.data.batch_size, cfg.data.frames, tuple(cfg.data.size)
-    step = make_step(
-        cfg.model.preset, batch, frames, size, overrides=dict(cfg.model.overrides), optim=recipe_optim(cfg)
-    )
+    step = recipe_step(cfg)
     step(), step()
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         for _ in range(PROFILED_STEPS):
@@ -222,7 +240,7 @@ def profile_recipe(recipe: str, out: Path) -> None:
             f"| {e.key} | {e.self_cpu_time_total / 1000:.1f} | {100 * e.self_cpu_time_total / total_us:.1f}% | "
             f"{e.count} | {gflop:.2f} | {rate} |"
         )
-    lines += ["", *category_rates(events, cfg, batch, frames, size)]
+    lines += ["", *category_rates(events, cfg)]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{recipe}_recipe_top_ops.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
